@@ -1,0 +1,106 @@
+"""The typed generation request and the resolution presets. Light: no torch."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from s2v.errors import InputError
+
+DEFAULT_PROMPT = "A person speaking naturally"
+FPS = 16
+MIN_SIDE = 64  # DiffSynth's S2V path needs both sides >= 64 and multiples of 16
+SIDE_MULTIPLE = 16
+
+Resolution = Literal["480p", "720p", "tiny"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    max_area: int
+    shift: float
+
+
+# The seed's presets. A checkpoint may override them (the tiny one scales them down so CPU runs stay
+# small); the names stay the same so a manifest works on both.
+PRESETS: dict[str, Preset] = {
+    "480p": Preset(max_area=399_360, shift=3.0),
+    "720p": Preset(max_area=921_600, shift=5.0),
+    "tiny": Preset(max_area=80 * 80, shift=3.0),
+}
+
+
+class GenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image_path: Path
+    audio_path: Path
+    prompt: str = Field(DEFAULT_PROMPT, max_length=4000)
+    negative_prompt: str = Field("", max_length=4000)
+    resolution: Resolution = "480p"
+    sample_steps: int = Field(20, ge=15, le=50)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    guidance_scale: float = Field(4.5, ge=1.0, le=20.0)
+
+    @classmethod
+    def parse(cls, data: dict) -> "GenerationRequest":
+        """Validate `data`, turning pydantic's report into an InputError naming field and value."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise input_error_from(exc, data) from None
+
+
+def input_error_from(exc: ValidationError, data: dict) -> InputError:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "request"
+    value = first.get("input", data.get(field) if isinstance(data, dict) else data)
+    return InputError(field, value, first["msg"])
+
+
+def output_size(image_width: int, image_height: int, preset: Preset) -> tuple[int, int]:
+    """(width, height) with the image's aspect, area at most the preset's, sides multiples of 16."""
+    scale = math.sqrt(preset.max_area / (image_width * image_height))
+    width = max(MIN_SIDE, int(image_width * scale) // SIDE_MULTIPLE * SIDE_MULTIPLE)
+    height = max(MIN_SIDE, int(image_height * scale) // SIDE_MULTIPLE * SIDE_MULTIPLE)
+    return width, height
+
+
+class AudioFeatures(BaseModel):
+    """wav2vec2 features of one speech file, saved as safetensors, split into the clips to generate."""
+
+    path: Path
+    audio_path: Path
+    duration: float
+    frames: int  # video frames that cover the speech
+    clips: int
+    frames_per_clip: int
+    checkpoint: str
+    encode_seconds: float
+
+
+class GenerationResult(BaseModel):
+    """The seed's result fields plus what a ledger needs to tell clips apart."""
+
+    video_path: Path
+    generation_time: float
+    total_time: float
+    video_size_mb: float
+    resolution: str
+    sample_steps: int
+    warm_model: bool
+    frames: int
+    fps: int
+    duration: float
+    seed: int
+    clips: int
+    width: int
+    height: int
+    guidance_scale: float
+    load_time: float
+    queue_time: float
+    checkpoint: str
+    tiny_checkpoint: bool

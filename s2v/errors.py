@@ -1,0 +1,51 @@
+"""The project's exceptions. Messages are written for the person who has to act on them."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class S2VError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class InputError(S2VError, ValueError):
+    """A value the user supplied is wrong; names the field, the value and, in a batch, the row."""
+
+    def __init__(self, field: str, value: Any, reason: str, row: int | None = None):
+        self.field, self.value, self.reason, self.row = field, value, reason, row
+        where = f"row {row}: " if row is not None else ""
+        shown = repr(value)
+        if len(shown) > 200:
+            shown = shown[:197] + "..."
+        super().__init__(f"{where}{field}={shown}: {reason}")
+
+    def at_row(self, row: int) -> "InputError":
+        return InputError(self.field, self.value, self.reason, row=row)
+
+
+class ManifestError(S2VError):
+    """The manifest as a whole cannot be used (unreadable, missing columns, duplicate ids)."""
+
+
+class CheckpointError(S2VError):
+    """The model checkpoint folder is missing files or cannot be loaded."""
+
+
+class GenerationError(S2VError):
+    """The model failed while making a video."""
+
+
+class GenerationTimeout(GenerationError):
+    """A generation ran past its time limit and was stopped."""
+
+
+class MuxError(GenerationError):
+    """The speech could not be muxed into the video; a silent video is never returned."""
+
+
+class TransientError(S2VError):
+    """A network or service failure worth retrying (connection, timeout, 5xx, throttling)."""
+
+
+class ModelServerError(S2VError):
+    """The model server could not be reached, started, or answered with an error."""

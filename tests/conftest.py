@@ -1,0 +1,39 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """One tiny random-weight checkpoint in the real layout, shared by the whole session."""
+    from model_runtime.tiny_checkpoint import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "Wan2.2-S2V-tiny")
+
+
+@pytest.fixture
+def s2v_env(tmp_path, tiny_checkpoint, monkeypatch):
+    """Settings pointing at the tiny checkpoint and a private cache, as S2V_* variables."""
+    monkeypatch.setenv("S2V_CHECKPOINT", str(tiny_checkpoint))
+    monkeypatch.setenv("S2V_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("S2V_DEVICE", "cpu")
+    return os.environ
+
+
+@pytest.fixture
+def portrait() -> Path:
+    return EXAMPLES / "portrait_anna.jpg"
+
+
+@pytest.fixture
+def speech() -> Path:
+    return EXAMPLES / "speech_hello.wav"
+
+
+@pytest.fixture
+def short_speech() -> Path:
+    return EXAMPLES / "speech_short.wav"

@@ -95,7 +95,9 @@ def generate_video(
             if features is None:
                 features = encode_audio(model, request.audio_path, Path(work) / "features.safetensors", samples=samples)
             embeds = load_file(str(features.path))[_FEATURES_KEY]
-            frames = _generate_frames(model, request, image, preset, embeds, features, seed, deadline, timeout_s, on_clip)
+            frames, pipeline_time = _generate_frames(
+                model, request, image, preset, embeds, features, seed, deadline, timeout_s, on_clip
+            )
             generation_time = time.perf_counter() - started
             silent = Path(work) / "silent.mp4"
             write_silent_mp4(frames, silent, FPS)
@@ -106,6 +108,7 @@ def generate_video(
     return GenerationResult(
         video_path=out_path,
         generation_time=round(generation_time, 3),
+        pipeline_time=round(pipeline_time, 3),
         total_time=round(time.perf_counter() - called, 3),
         video_size_mb=round(out_path.stat().st_size / 2**20, 3),
         resolution=request.resolution,
@@ -135,12 +138,16 @@ def _preset(model: WarmModel, resolution: str) -> Preset:
     return PRESETS[resolution]
 
 
-def _generate_frames(model, request, image, preset, embeds, features, seed, deadline, timeout_s, on_clip) -> np.ndarray:
+def _generate_frames(
+    model, request, image, preset, embeds, features, seed, deadline, timeout_s, on_clip
+) -> tuple[np.ndarray, float]:
+    """(frames, seconds spent inside DiffSynth's pipeline calls)."""
     pipe = model.pipe
     per_clip = features.frames_per_clip
     motion_video = None  # the pipeline starts from empty motion context, as the official generate does
     motion = torch.zeros(1, 3, MOTION_FRAMES, image.height, image.width, dtype=pipe.torch_dtype, device=pipe.device)
     parts: list[np.ndarray] = []
+    pipeline_time = 0.0
 
     def steps(timesteps: Iterable) -> Iterator:
         # DiffSynth calls this around its denoising loop; checking the deadline here stops a run
@@ -152,6 +159,7 @@ def _generate_frames(model, request, image, preset, embeds, features, seed, dead
 
     try:
         for r in range(features.clips):
+            call_started = time.perf_counter()
             clip = pipe(
                 prompt=request.prompt,
                 negative_prompt=request.negative_prompt,
@@ -168,6 +176,7 @@ def _generate_frames(model, request, image, preset, embeds, features, seed, dead
                 output_type="floatpoint",
                 progress_bar_cmd=steps,
             )
+            pipeline_time += time.perf_counter() - call_started
             clip = clip[:, :, -per_clip:]
             if r == 0:
                 clip = clip[:, :, DROP_FIRST_FRAMES:]
@@ -182,7 +191,7 @@ def _generate_frames(model, request, image, preset, embeds, features, seed, dead
     frames = np.concatenate(parts)[: features.frames]
     if len(frames) < features.frames:
         raise GenerationError(f"made {len(frames)} frames for {features.frames} needed")
-    return frames
+    return frames, pipeline_time
 
 
 def _to_uint8(clip: torch.Tensor) -> np.ndarray:

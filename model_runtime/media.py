@@ -1,6 +1,7 @@
 """Decoding the user's image and speech, with errors that say which input is wrong and why."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,10 @@ def load_speech(path: Path | str, field: str = "audio", max_seconds: float | Non
     if not Path(path).is_file():
         raise InputError(field, str(path), "file not found")
     try:
-        samples, _ = librosa.load(str(path), sr=AUDIO_SAMPLE_RATE, mono=True)
+        with warnings.catch_warnings():
+            # librosa warns before falling back from soundfile to audioread; the outcome is what counts.
+            warnings.simplefilter("ignore")
+            samples, _ = librosa.load(str(path), sr=AUDIO_SAMPLE_RATE, mono=True)
     except Exception as exc:  # librosa raises soundfile/audioread/numpy errors for undecodable files
         raise InputError(field, str(path), f"not decodable audio ({type(exc).__name__}: {exc})") from None
     seconds = len(samples) / AUDIO_SAMPLE_RATE

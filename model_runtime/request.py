@@ -86,7 +86,8 @@ class GenerationResult(BaseModel):
     """The seed's result fields plus what a ledger needs to tell clips apart."""
 
     video_path: Path
-    generation_time: float
+    generation_time: float  # audio encoding + all clips, from the model's turn to the last frame
+    pipeline_time: float  # inside DiffSynth's pipeline calls only
     total_time: float
     video_size_mb: float
     resolution: str

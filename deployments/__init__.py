@@ -1,0 +1,1 @@
+"""What runs the flows elsewhere: GPU worker start script, RunPod handler, deployment helpers."""

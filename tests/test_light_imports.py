@@ -1,0 +1,33 @@
+"""Workers, the UI's parameter schema and `--help` must not pay seconds of torch import."""
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+_CHECK = """
+import importlib, pkgutil, sys
+import {packages}
+for package in ({packages},):
+    for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        importlib.import_module(module.name)
+import s2v.cli, model_runtime.request, model_runtime.layout
+heavy = sorted(m for m in ("torch", "diffsynth", "transformers", "librosa") if m in sys.modules)
+assert not heavy, heavy
+"""
+
+
+def test_flows_tasks_and_cli_import_without_torch():
+    code = _CHECK.format(packages="flows, tasks")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_cli_help_does_not_import_torch():
+    code = (
+        "import sys\nfrom s2v.cli import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "generate" in proc.stdout

@@ -33,17 +33,22 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-class GenerationRequest(BaseModel):
+class GenerationOptions(BaseModel):
+    """What a person chooses about a clip besides its inputs; the Prefect UI renders it as a form."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    prompt: str = Field(DEFAULT_PROMPT, max_length=4000, description="what the video shows")
+    negative_prompt: str = Field("", max_length=4000, description="what to avoid")
+    resolution: Resolution = Field("480p", description="480p: max 832x480 area; 720p: max 1280x720 area")
+    sample_steps: int = Field(20, ge=15, le=50, description="denoising steps: more is slower and finer")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="fixed seed for a repeatable clip")
+    guidance_scale: float = Field(4.5, ge=1.0, le=20.0, description="classifier-free guidance strength")
+
+
+class GenerationRequest(GenerationOptions):
     image_path: Path
     audio_path: Path
-    prompt: str = Field(DEFAULT_PROMPT, max_length=4000)
-    negative_prompt: str = Field("", max_length=4000)
-    resolution: Resolution = "480p"
-    sample_steps: int = Field(20, ge=15, le=50)
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    guidance_scale: float = Field(4.5, ge=1.0, le=20.0)
 
     @classmethod
     def parse(cls, data: dict) -> "GenerationRequest":

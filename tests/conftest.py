@@ -37,3 +37,12 @@ def speech() -> Path:
 @pytest.fixture
 def short_speech() -> Path:
     return EXAMPLES / "speech_short.wav"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API for the session: it takes ~30 s to start here, so it starts once."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

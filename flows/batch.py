@@ -1,0 +1,151 @@
+"""The product's flows: a batch over a manifest, one clip from the UI, and retry of failed rows."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.logging import get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from flows.ledger import JSONL_NAME, LedgerRecord, LedgerWriter, load_ledger
+from flows.logs import hide_input_error_tracebacks
+from flows.manifest import manifest_text, parse_manifest
+from flows.pipeline import record_invalid_rows, run_rows
+from flows.report import publish_batch_artifacts
+from model_runtime.request import GenerationOptions, Resolution
+from s2v.errors import ManifestError
+from s2v.settings import Settings
+from tasks.storage import output_location, put_output, read_output_text
+
+MANIFEST_COPY = "manifest.csv"
+BATCH_PARAMETERS = "batch.json"
+# Downloads ahead + one encode + one generation + uploads; bounded so a big manifest cannot start
+# hundreds of downloads at once.
+_RUNNER = ThreadPoolTaskRunner(max_workers=6)
+
+
+def _settings(output: str | None, checkpoint: str | None, model_server: str | None) -> Settings:
+    overrides = {"output": output, "checkpoint": checkpoint, "model_server": model_server}
+    return Settings(**{k: v for k, v in overrides.items() if v})
+
+
+@flow(name="s2v-batch", task_runner=_RUNNER, log_prints=False)
+def batch(
+    manifest: Annotated[str, Field(description="path or URI of a CSV manifest, or the CSV text itself")],
+    output: Annotated[str | None, Field(description="local folder or s3://bucket/prefix (default S2V_OUTPUT)")] = None,
+    defaults: GenerationOptions = GenerationOptions(),
+    checkpoint: Annotated[str | None, Field(description="checkpoint folder (default S2V_CHECKPOINT)")] = None,
+    model_server: Annotated[str | None, Field(description="model server socket (default S2V_MODEL_SERVER)")] = None,
+    lookahead: Annotated[int, Field(ge=1, le=16, description="rows fetched ahead of the generating one")] = 2,
+    only_clip_ids: Annotated[list[str] | None, Field(description="run only these clip ids")] = None,
+) -> dict:
+    """Every manifest row -> download, audio-encode, generate, upload; every row ends in the ledger."""
+    hide_input_error_tracebacks()
+    settings = _settings(output, checkpoint, model_server)
+    text = manifest_text(manifest, settings)
+    parsed = parse_manifest(text, defaults, settings)
+    ledger = LedgerWriter(settings.output, settings)
+    _keep_batch_inputs(text, defaults, settings)
+    rows, invalid = parsed.rows, parsed.invalid
+    if only_clip_ids is not None:
+        wanted = set(only_clip_ids)
+        rows = [row for row in rows if row.clip_id in wanted]
+        invalid = [row for row in invalid if row.clip_id in wanted]
+    return _run(rows, invalid, settings, ledger, lookahead)
+
+
+@flow(name="s2v-clip", task_runner=_RUNNER)
+def clip(
+    image: Annotated[str, Field(description="portrait: path, file://, http(s):// or s3:// URI")],
+    audio: Annotated[str, Field(description="speech: path, file://, http(s):// or s3:// URI")],
+    prompt: Annotated[str, Field(max_length=4000)] = GenerationOptions.model_fields["prompt"].default,
+    resolution: Resolution = "480p",
+    sample_steps: Annotated[int, Field(ge=15, le=50)] = 20,
+    seed: Annotated[int | None, Field(ge=0, le=2**32 - 1)] = None,
+    guidance_scale: Annotated[float, Field(ge=1.0, le=20.0)] = 4.5,
+    negative_prompt: Annotated[str, Field(max_length=4000)] = "",
+    clip_id: Annotated[str | None, Field(description="name of the clip (default: from its content)")] = None,
+    output: str | None = None,
+    checkpoint: str | None = None,
+    model_server: str | None = None,
+) -> dict:
+    """One clip, as a form in the Prefect UI; it lands in the output's ledger like a batch row."""
+    hide_input_error_tracebacks()
+    settings = _settings(output, checkpoint, model_server)
+    row = {"image": image, "audio": audio, "prompt": prompt, "negative_prompt": negative_prompt,
+           "resolution": resolution, "sample_steps": sample_steps, "seed": "" if seed is None else seed,
+           "guidance_scale": guidance_scale, "clip_id": clip_id or ""}
+    parsed = parse_manifest(_csv_text([row]), None, settings)
+    summary = _run(parsed.rows, parsed.invalid, settings, LedgerWriter(settings.output, settings), lookahead=1)
+    return {**summary, "record": summary["records"][-1] if summary["records"] else None}
+
+
+@flow(name="s2v-retry-failed", task_runner=_RUNNER)
+def retry_failed(
+    output: Annotated[str, Field(description="the batch's output location, which holds its ledger")],
+    checkpoint: str | None = None,
+    model_server: str | None = None,
+    lookahead: Annotated[int, Field(ge=1, le=16)] = 2,
+) -> dict:
+    """Rerun only the rows whose latest ledger record failed, appending to the same ledger."""
+    hide_input_error_tracebacks()
+    settings = _settings(output, checkpoint, model_server)
+    failed = {record.clip_id for record in load_ledger(output, settings).failed_rows()}
+    manifest = read_output_text(output_location(output, MANIFEST_COPY), settings)
+    stored = read_output_text(output_location(output, BATCH_PARAMETERS), settings)
+    if manifest is None or stored is None:
+        raise ManifestError(f"{output} holds no {MANIFEST_COPY}/{BATCH_PARAMETERS}: is it a batch's output location?")
+    get_run_logger().info("%d failed row(s) to retry in %s", len(failed), output)
+    parsed = parse_manifest(manifest, json.loads(stored)["defaults"], settings)
+    rows = [row for row in parsed.rows if row.clip_id in failed]
+    invalid = [row for row in parsed.invalid if row.clip_id in failed]
+    return _run(rows, invalid, settings, LedgerWriter(output, settings), lookahead)
+
+
+def _run(rows, invalid, settings: Settings, ledger: LedgerWriter, lookahead: int) -> dict:
+    logger = get_run_logger()
+    total = len(rows) + len(invalid)
+    ended: list[LedgerRecord] = []
+    progress = create_progress_artifact(progress=0.0, key="s2v-progress", description="rows ended")
+
+    def on_row_end(record: LedgerRecord) -> None:
+        ended.append(record)
+        update_progress_artifact(progress, progress=100.0 * len(ended) / max(total, 1))
+
+    for bad in invalid:
+        logger.warning("row %d is invalid: %s", bad.row, bad.error)
+    record_invalid_rows(invalid, ledger, on_row_end)
+    run_rows(rows, settings=settings, output=settings.output, ledger=ledger,
+             work_dir=settings.cache_dir / "work", lookahead=lookahead, on_row_end=on_row_end)
+    ledger.sync()
+    records = [record.model_dump(mode="json") for record in ended]
+    location = output_location(settings.output, JSONL_NAME)
+    summary = publish_batch_artifacts(records, settings.gpu_cost_per_hour, location)
+    logger.info("batch ended: %s; ledger %s", summary, location)
+    return {**summary, "ledger": location, "records": records}
+
+
+def _keep_batch_inputs(text: str, defaults: GenerationOptions, settings: Settings) -> None:
+    """Store the manifest and defaults beside the ledger, so retry-failed can rerun rows later."""
+    with tempfile.TemporaryDirectory(prefix="s2v-batch-") as tmp:
+        copy = Path(tmp) / MANIFEST_COPY
+        copy.write_text(text, encoding="utf-8")
+        put_output(copy, settings.output, MANIFEST_COPY, settings, content_type="text/csv")
+        params = Path(tmp) / BATCH_PARAMETERS
+        params.write_text(json.dumps({"defaults": defaults.model_dump()}, indent=2))
+        put_output(params, settings.output, BATCH_PARAMETERS, settings, content_type="application/json")
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

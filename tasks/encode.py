@@ -1,0 +1,20 @@
+"""audio-encode stage: wav2vec2 features of the speech, saved next to the inputs."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import task
+
+from s2v.settings import Settings
+
+
+@task(name="encode-audio", task_run_name="encode-audio-{clip_id}")
+def encode_audio(clip_id: str, audio_path: Path, settings: Settings) -> dict:
+    """Returns {"features": AudioFeatures record, "seconds": float}. No retries: nothing here is I/O."""
+    from model_runtime.client import runtime_for
+
+    started = time.perf_counter()
+    out = Path(audio_path).parent / f"{Path(audio_path).name}.wav2vec2.safetensors"
+    features = runtime_for(settings).encode_audio(Path(audio_path), out)
+    return {"features": features, "seconds": time.perf_counter() - started}

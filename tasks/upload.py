@@ -1,0 +1,39 @@
+"""The upload stage: put one finished video in the configured store and return its URL."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+from prefect.tasks import exponential_backoff
+
+from s2v.settings import Settings, get_settings
+from tasks.storage import output_location, put_output, retry_on_transient
+
+
+@task(
+    name="upload-video",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_on_transient,
+    cache_policy=NO_CACHE,
+)
+def upload_video(
+    video_path: Path,
+    key: str,
+    output: str | None = None,
+    settings: Settings | None = None,
+    content_type: str = "video/mp4",
+) -> str:
+    """Put `video_path` at `output`/`key` (default `settings.output`) and return the URL to hand out.
+
+    Retried only on transient storage errors. `tasks.storage.output_location(output, key)` gives
+    the stored location for the ledger (the URL may be presigned and expire).
+    """
+    settings = settings or get_settings()
+    output = output or settings.output
+    url = put_output(Path(video_path), output, key, settings, content_type=content_type)
+    get_run_logger().info("uploaded %s to %s", Path(video_path).name, output_location(output, key))
+    return url

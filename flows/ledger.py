@@ -49,6 +49,7 @@ class LedgerRecord(BaseModel):
     generate_s: float | None = None
     upload_s: float | None = None
     generation_time: float | None = None
+    pipeline_time: float | None = None  # inside the model's pipeline calls: GPU-busy time
     total_time: float | None = None
     video_size_mb: float | None = None
     warm_model: bool | None = None

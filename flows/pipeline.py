@@ -173,7 +173,8 @@ def _record(state: _Row, status: str, error: str | None, done: LedgerRecord | No
     if generation is not None:
         fields.update(
             url=state.url, output_uri=output_location(output, state.key),
-            generation_time=generation.generation_time, video_size_mb=generation.video_size_mb,
+            generation_time=generation.generation_time, pipeline_time=generation.pipeline_time,
+            video_size_mb=generation.video_size_mb,
             warm_model=generation.warm_model, seed=generation.seed,
         )
     if done is not None:

@@ -27,17 +27,18 @@ DROP_FIRST_FRAMES = 3  # the first clip starts from empty motion context; its fi
 _FEATURES_KEY = "audio_embeds"
 
 
-def encode_audio(
-    model: WarmModel, audio_path: Path, out_path: Path, *, samples: np.ndarray | None = None,
-    max_seconds: float | None = None,
-) -> AudioFeatures:
+def encode_audio(model: WarmModel, audio_path: Path, out_path: Path, max_seconds: float | None = None) -> AudioFeatures:
     """wav2vec2 features for every clip the speech needs, saved to `out_path` (safetensors).
 
-    `samples` are the already decoded 16 kHz speech, when the caller has them.
+    Takes its turn on the model like a generation: running beside one would only slow both down.
     """
+    samples = load_speech(audio_path, max_seconds=max_seconds)
+    with model.generation_lock:
+        return _encode_audio_locked(model, audio_path, out_path, samples)
+
+
+def _encode_audio_locked(model: WarmModel, audio_path: Path, out_path: Path, samples: np.ndarray) -> AudioFeatures:
     started = time.perf_counter()
-    if samples is None:
-        samples = load_speech(audio_path, max_seconds=max_seconds)
     duration = len(samples) / AUDIO_SAMPLE_RATE
     per_clip = model.loaded.frames_per_clip
     frames = max(1, round(duration * FPS))
@@ -83,27 +84,30 @@ def generate_video(
     width, height = output_size(*image.size, preset)
     image = fit_image(image, width, height)
     samples = load_speech(request.audio_path, max_seconds=max_audio_seconds) if features is None else None
-    if features is not None and ( features.checkpoint != str(model.checkpoint) or features.frames_per_clip != model.loaded.frames_per_clip
+    if features is not None and (
+        features.checkpoint != str(model.checkpoint) or features.frames_per_clip != model.loaded.frames_per_clip
     ):
         raise GenerationError(f"audio features {features.path} were made for another checkpoint ({features.checkpoint})")
     seed = request.seed if request.seed is not None else random.randrange(2**32)
 
-    with model.generation_lock:
-        started = time.perf_counter()
-        deadline = started + timeout_s
-        with tempfile.TemporaryDirectory(prefix="s2v-gen-") as work:
+    with tempfile.TemporaryDirectory(prefix="s2v-gen-") as work:
+        # The model is held for the model work only: writing and muxing the MP4 happen after it is
+        # released, so the next clip's generation does not wait on ffmpeg.
+        with model.generation_lock:
+            started = time.perf_counter()
+            deadline = started + timeout_s
             if features is None:
-                features = encode_audio(model, request.audio_path, Path(work) / "features.safetensors", samples=samples)
+                features = _encode_audio_locked(model, request.audio_path, Path(work) / "features.safetensors", samples)
             embeds = load_file(str(features.path))[_FEATURES_KEY]
             frames, pipeline_time = _generate_frames(
                 model, request, image, preset, embeds, features, seed, deadline, timeout_s, on_clip
             )
             generation_time = time.perf_counter() - started
-            silent = Path(work) / "silent.mp4"
-            write_silent_mp4(frames, silent, FPS)
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            mux_speech(silent, request.audio_path, out_path)
-        model.generation_count += 1
+            model.generation_count += 1
+        silent = Path(work) / "silent.mp4"
+        write_silent_mp4(frames, silent, FPS)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        mux_speech(silent, request.audio_path, out_path)
 
     return GenerationResult(
         video_path=out_path,

@@ -1,0 +1,705 @@
+"""Seconds per Wan2.2-S2V-14B denoising step on one GPU, per attention backend, through DiffSynth's own code.
+
+One run (at most about 8 minutes on an H100/H200; `--budget-s`, default 420, stops adding measurements):
+  1. builds the real-size S2V DiT (DiffSynth's `WanS2VModel` with the config DiffSynth's MODEL_CONFIGS gives the
+     published checkpoint) with random bf16 weights made on the GPU: the parameters are created on the meta
+     device, as DiffSynth's loader does, then allocated and filled on the GPU (nothing 14B-sized on the CPU);
+  2. times classifier-free-guidance denoising steps (two `model_fn_wans2v` calls + the scheduler step, as
+     `WanVideoPipeline.__call__` does) on random inputs of the real shapes: one 80-frame clip plus its reference
+     frame at 832x480 and the 73-frame motion context of a continuation clip; median of several steps after a
+     warm-up, CUDA events; effective TFLOP/s, ratio to the floor at a bf16 matmul rate measured in the same run,
+     peak VRAM;
+  3. one row per attention path (DiffSynth's default, each SDPA backend forced, flash-attn / SageAttention if
+     installed) and torch.compile, fastest first; what the machine lacks is listed as unavailable;
+  4. the fastest eager setting again at 1280x720;
+  5. one clip through the whole product path (tiny checkpoint, InProcessRuntime with S2V_DEVICE=cuda, muxed MP4);
+  6. writes gpu_step.md, gpu_step.json, gpu_step.log (and the clip) to `--out`.
+
+`--tiny` runs the same code on CPU (fp32, perf_counter timing) with the tiny checkpoint's DiT config and small
+frames, so CI exercises every line but the CUDA-only ones.
+
+    PYTHONPATH=. python bench/gpu_step.py --out bench/out/gpu
+    PYTHONPATH=. .venv/bin/python bench/gpu_step.py --tiny --out /tmp/gpu-step-tiny
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+STARTED = time.monotonic()  # the time budget counts the imports too
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("gpu_step")
+
+REAL_DIT_HASH = "966cffdcc52f9c46c391768b27637614"  # DiffSynth's MODEL_CONFIGS entry for Wan2.2-S2V-14B's DiT
+CLIP_FRAMES = 80  # frames one clip adds (Wan2.2-S2V's infer_frames); the pipeline asks for 81 with the reference
+TEXT_TOKENS = 512  # umt5 context length of Wan's prompter
+AUDIO_LAYERS = 25  # wav2vec2 hidden states (24 layers + embeddings) that the DiT's causal audio encoder weights
+CFG_SCALE = 4.5
+SHIFT = 3.0
+# name: (real width, height), (tiny width, height). The tiny sizes keep the real layout rules (>= 64, /16).
+RESOLUTIONS = {"480p": ((832, 480), (64, 64)), "720p": ((1280, 720), (96, 64))}
+# Added to a torch.compile row's estimate: inductor compiling one DiT-block graph (shared by all 40 blocks).
+COMPILE_ALLOWANCE_S = {"cuda": 120.0, "cpu": 30.0}
+RESERVE_S = 10.0  # left for writing the report
+
+FLOP_FORMULA = (
+    "FLOP per step = 2 (CFG: conditional + unconditional pass) x [2 x P x N + 4 x L x N^2 x D]; "
+    "P = parameters of the L transformer blocks (linear layers: 2 FLOP per weight per token), "
+    "N = tokens fed to the blocks (video + reference + motion), D = model dim (attention: QK^T and PV). "
+    "Embeddings, head, audio injectors and text-side projections are left out; 'counted' is PyTorch's "
+    "FlopCounterMode over one real forward pass, x2."
+)
+TARGETS = (
+    "targets: floor ~3.6e15 FLOP per 480p step with CFG (14B x 32,760 tokens; 4.5 s at 800 TFLOP/s); "
+    "official Wan2.2 14B on one H100 ~8.2 s/step at 480p; ours <= 5.5 s/step on an H100; "
+    "model + activations within 80 GB without offload at 480p and 720p."
+)
+
+
+def main() -> int:
+    args = _parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _setup_logging(out / "gpu_step.log")
+
+    import torch
+
+    device = "cpu" if args.tiny else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        log.error("no CUDA GPU is visible; run with --tiny for the CPU version")
+        return 2
+    # bf16 on CPU ran about 33x slower than fp32 (shared notes); GPUs run the model in bf16.
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+    if args.tiny:
+        # CI machines have 2 cores shared with other jobs; two OpenMP threads fighting them made tiny steps
+        # 30x slower and noisy. One thread keeps the run short and its numbers stable.
+        torch.set_num_threads(1)
+    budget = Budget(args.budget_s)
+    clock = Clock(device)
+    report: dict = {"tiny": args.tiny, "device": device, "dtype": str(dtype).removeprefix("torch."),
+                    "budget_s": args.budget_s, "flop_formula": FLOP_FORMULA, "targets": TARGETS}
+    report["environment"] = _environment(torch, device)
+    log.info("environment: %s", report["environment"])
+
+    report["matmul"] = measure_matmul(torch, device, dtype, clock, n=1024 if args.tiny else 8192)
+    log.info("matmul: %s", report["matmul"])
+    rate = report["matmul"]["flop_per_s"]
+
+    # The product path first: it is cheap, and its result must not depend on how the big model fares.
+    report["pipeline_check"] = pipeline_check(out, device) if not args.skip_pipeline else {"status": "skipped"}
+    log.info("pipeline check: %s", report["pipeline_check"])
+
+    try:
+        dit, dit_config = build_dit(torch, args.tiny, device, dtype)
+    except Exception as exc:  # e.g. out of memory: still leave the matmul rate and the product check behind
+        log.exception("building the DiT failed")
+        report["error"] = f"building the DiT failed: {type(exc).__name__}: {exc}"[:400]
+        save(out, report, [], {})
+        return 1
+    model = {
+        "config": dict(dit_config),
+        "params": sum(p.numel() for p in dit.parameters()),
+        "block_params": sum(p.numel() for p in dit.blocks.parameters()),
+        "layers": len(dit.blocks),
+        "dim": dit.dim,
+        "weights_gib": sum(p.numel() * p.element_size() for p in dit.parameters()) / 2**30,
+    }
+    report["model"] = model
+    log.info("DiT built: %s", {k: v for k, v in model.items() if k != "config"})
+
+    bench = Bench(torch, dit, model, device, dtype, clock, budget, rate, args)
+    settings = attention_settings(torch, device, dtype, dit.dim // dit.num_heads)
+    eager = [s for s in settings if not s.compile]
+    compiled = [s for s in settings if s.compile]
+
+    def measure(resolution: str, setting: Setting, steps: int) -> None:
+        bench.run(resolution, setting, steps)
+        # Written after every row: a run killed at its time limit still leaves what it measured.
+        save(out, report, bench.rows, bench.resolutions)
+
+    # Order = priority under the time budget: the baseline, the other eager backends, the best of them at 720p
+    # (the 80 GB question), then torch.compile, whose compile time is the least predictable.
+    for i, setting in enumerate(eager):
+        measure("480p", setting, args.steps if i == 0 else args.compare_steps)
+    best = bench.fastest("480p")
+    if best is not None:
+        measure("720p", best, args.compare_steps)
+    for setting in compiled:
+        measure("480p", setting, args.compare_steps)
+    # Only when compiling wins at 480p is it worth its recompile at 720p.
+    if compiled and bench.fastest("480p") == compiled[0]:
+        measure("720p", compiled[0], args.compare_steps)
+
+    table = save(out, report, bench.rows, bench.resolutions)
+    print(table)
+    log.info("wrote %s (%.0f s of the %.0f s budget)", out, report["elapsed_s"], args.budget_s)
+    measured = any(row["status"] == "ok" for row in report["rows"])
+    return 0 if measured and report["pipeline_check"]["status"] in ("ok", "skipped") else 1
+
+
+def save(out: Path, report: dict, rows: list[Row], resolutions: dict) -> str:
+    """Write gpu_step.json and gpu_step.md as they stand; returns the markdown."""
+    report["resolutions"] = resolutions
+    report["rows"] = [asdict(row) for row in sorted_rows(rows)]
+    report["elapsed_s"] = round(time.monotonic() - STARTED, 1)
+    table = render(report)
+    (out / "gpu_step.md").write_text(table)
+    (out / "gpu_step.json").write_text(json.dumps(report, indent=2))
+    return table
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder for gpu_step.md/.json/.log")
+    parser.add_argument("--tiny", action="store_true", help="tiny DiT config on CPU (CI)")
+    parser.add_argument("--budget-s", type=float, default=420.0,
+                        help="stop adding measurements when this many seconds since start are near (default 7 min)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps of the baseline row (480p, default attention)")
+    parser.add_argument("--compare-steps", type=int, default=2,
+                        help="timed steps of every other row (GPU step times vary little; two suffice to compare)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing each row (>= 1)")
+    parser.add_argument("--skip-pipeline", action="store_true", help="leave out the tiny end-to-end product clip")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend of the compile row; 'eager' only checks graph capture (CI)")
+    args = parser.parse_args()
+    if min(args.warmup, args.steps, args.compare_steps) < 1:
+        parser.error("--warmup, --steps and --compare-steps must be at least 1 "
+                     "(the first warm-up step also counts tokens and FLOPs)")
+    return args
+
+
+def _setup_logging(path: Path) -> None:
+    handlers = [logging.StreamHandler(sys.stderr), logging.FileHandler(path, mode="w")]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers)
+
+
+class Budget:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def left(self) -> float:
+        return self.seconds - (time.monotonic() - STARTED) - RESERVE_S
+
+    def allows(self, estimate_s: float) -> bool:
+        return self.left() >= estimate_s
+
+
+class Clock:
+    """Seconds taken by a call: CUDA events on a GPU (what the GPU spent, queued work included), else wall time."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def time(self, fn) -> float:
+        import torch
+
+        if self.device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000
+        started = time.perf_counter()
+        fn()
+        return time.perf_counter() - started
+
+
+def _environment(torch, device: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def pkg(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "diffsynth": pkg("diffsynth"),
+           "transformers": pkg("transformers"), "triton": pkg("triton"), "cpu_threads": torch.get_num_threads()}
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+    return env
+
+
+def measure_matmul(torch, device: str, dtype, clock: Clock, n: int, reps: int = 10) -> dict:
+    """The rate one big square matmul reaches here: the ceiling the floor is computed against."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    seconds = clock.time(lambda: [a @ b for _ in range(reps)]) / reps
+    return {"n": n, "dtype": str(dtype).removeprefix("torch."), "seconds": seconds, "flop_per_s": 2 * n**3 / seconds}
+
+
+def build_dit(torch, tiny: bool, device: str, dtype):
+    """DiffSynth's WanS2VModel with the real (or tiny) config and random weights made on `device`.
+
+    DiffSynth's loader creates the model under `skip_model_initialization` (parameters on the meta device, other
+    tensors such as the RoPE tables real, on the CPU) and then assigns the checkpoint. Here the parameters are
+    allocated on the device instead and filled with random values there, so the model is the one the runtime
+    gets, minus the trained weights.
+    """
+    from diffsynth.core.vram.initialization import skip_model_initialization
+    from diffsynth.models.wan_video_dit_s2v import WanS2VModel
+
+    if tiny:
+        from model_runtime.tiny_checkpoint import DIT
+
+        config = {**DIT, "patch_size": tuple(DIT["patch_size"])}
+    else:
+        from diffsynth.configs.model_configs import MODEL_CONFIGS
+
+        config = next(c for c in MODEL_CONFIGS if c["model_hash"] == REAL_DIT_HASH)["extra_kwargs"]
+    with skip_model_initialization():
+        dit = WanS2VModel(**config)
+    # dtype first, on meta (free): allocating fp32 first would need 65 GB for the 14B model.
+    dit = dit.to(dtype=dtype).to_empty(device=device).eval().requires_grad_(False)
+    generator = torch.Generator(device).manual_seed(0)
+    with torch.no_grad():
+        for name, p in dit.named_parameters():
+            if p.ndim >= 2:  # weights: unit-variance outputs keep activations finite through 40 blocks
+                p.normal_(0.0, p[0].numel() ** -0.5, generator=generator)
+            elif name.endswith("weight"):  # norm scales
+                p.fill_(1.0)
+            else:  # biases
+                p.zero_()
+    return dit, config
+
+
+@dataclass
+class Inputs:
+    """What WanVideoPipeline hands model_fn_wans2v for one continuation clip (motion context present)."""
+
+    latents: object  # (1, 16, 1 + 20, H/8, W/8): reference latent, then the 80-frame clip
+    first_frame: object
+    motion_latents: object  # (1, 16, 19, H/8, W/8): the VAE-encoded 73 motion frames
+    context_posi: object  # (1, 512, text_dim)
+    context_nega: object
+    audio_posi: object  # (1, 25, audio_dim, 80)
+    audio_nega: object  # the pipeline's unconditional audio: zeros
+
+
+def make_inputs(torch, dit, width: int, height: int, device: str, dtype) -> Inputs:
+    from model_runtime.generate import MOTION_FRAMES
+
+    generator = torch.Generator(device).manual_seed(1)
+
+    def rand(*shape):
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+    in_dim = dit.patch_embedding.in_channels
+    latent_frames = CLIP_FRAMES // 4 + 1  # (81 - 1) / 4 + 1: the VAE packs 4 frames per latent, plus the first
+    motion_frames = (MOTION_FRAMES - 1) // 4 + 1
+    latents = rand(1, in_dim, latent_frames, height // 8, width // 8)
+    audio = rand(1, AUDIO_LAYERS, dit.casual_audio_encoder.encoder.conv1_local.conv.in_channels, CLIP_FRAMES)
+    text_dim = dit.text_embedding[0].in_features
+    return Inputs(
+        latents=latents, first_frame=latents[:, :, :1].clone(),
+        motion_latents=rand(1, in_dim, motion_frames, height // 8, width // 8),
+        context_posi=rand(1, TEXT_TOKENS, text_dim), context_nega=rand(1, TEXT_TOKENS, text_dim),
+        audio_posi=audio, audio_nega=0.0 * audio,
+    )
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    path: str | None = None  # None: DiffSynth's own pick; "sdpa": torch SDPA; else the flag of one library
+    sdpa: str | None = None  # an SDPBackend name forced with torch.nn.attention.sdpa_kernel
+    compile: bool = False
+    unavailable: str | None = None  # why this machine cannot run it
+
+
+# DiffSynth's Wan DiT attention (`wan_video_dit.flash_attention`, used by self-, cross- and audio attention)
+# picks flash-attn 3, then flash-attn 2, then SageAttention, then torch SDPA, by these module flags.
+# (diffsynth.core.attention and DIFFSYNTH_ATTENTION_IMPLEMENTATION are not on the S2V path.)
+LIBRARY_FLAGS = {"flash-attn 3": "FLASH_ATTN_3_AVAILABLE", "flash-attn 2": "FLASH_ATTN_2_AVAILABLE",
+                 "SageAttention": "SAGE_ATTN_AVAILABLE"}
+SDPA_BACKENDS = {"FLASH_ATTENTION": "flash", "CUDNN_ATTENTION": "cuDNN", "EFFICIENT_ATTENTION": "efficient",
+                 "MATH": "math"}
+
+
+def attention_settings(torch, device: str, dtype, head_dim: int) -> list[Setting]:
+    import diffsynth.models.wan_video_dit as wan_dit
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    installed = [name for name, flag in LIBRARY_FLAGS.items() if getattr(wan_dit, flag)]
+    probe = [torch.randn(1, 2, 256, head_dim, device=device, dtype=dtype) for _ in range(3)]
+    auto_choice = _sdpa_auto_choice(torch, probe)
+    default = installed[0] if installed else f"torch SDPA, auto: {auto_choice or '?'}"
+    settings = [Setting(f"DiffSynth default ({default})")]
+    if installed:
+        settings.append(Setting("torch SDPA, auto", path="sdpa"))
+    for backend, label in SDPA_BACKENDS.items():
+        reason = None
+        if not installed and label == auto_choice:
+            reason = "what the default row already runs"
+        else:
+            try:
+                with sdpa_kernel(getattr(SDPBackend, backend)):
+                    torch.nn.functional.scaled_dot_product_attention(*probe)
+            except RuntimeError as exc:
+                reason = f"not available here ({str(exc).split('. ')[0][:120]})"
+        settings.append(Setting(f"torch SDPA, {label} forced", path="sdpa", sdpa=backend, unavailable=reason))
+    for name, flag in LIBRARY_FLAGS.items():
+        if name != default:
+            settings.append(Setting(name, path=flag, unavailable=None if name in installed else "not installed"))
+    settings.append(Setting("torch.compile blocks + DiffSynth default", compile=True))
+    return settings
+
+
+def _sdpa_auto_choice(torch, probe) -> str | None:
+    # The kernel torch's dispatcher picks for these shapes (a private helper; a label only, so failing is fine).
+    try:
+        from torch.nn.attention import SDPBackend
+
+        return SDPA_BACKENDS.get(SDPBackend(torch._fused_sdp_choice(*probe)).name)
+    except Exception:
+        return None
+
+
+@contextlib.contextmanager
+def applied(torch, setting: Setting, dit, compile_backend: str = "inductor"):
+    """Run inside `setting`: DiffSynth's attention flags, a forced SDPA kernel, compiled blocks; undone after."""
+    import diffsynth.models.wan_video_dit as wan_dit
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    saved = {flag: getattr(wan_dit, flag) for flag in LIBRARY_FLAGS.values()}
+    blocks = list(dit.blocks)
+    try:
+        if setting.path is not None:
+            for flag in saved:
+                setattr(wan_dit, flag, flag == setting.path)
+        if setting.compile:
+            # Regional compilation, as DiffSynth's compile_pipeline does for models with repeated blocks: the S2V
+            # model_fn calls the blocks one by one, so compiling WanS2VModel.forward would change nothing. All 40
+            # blocks share one graph; shapes are fixed per resolution.
+            for i, block in enumerate(blocks):
+                dit.blocks[i] = torch.compile(block, dynamic=False, backend=compile_backend)
+        with sdpa_kernel(getattr(SDPBackend, setting.sdpa)) if setting.sdpa else contextlib.nullcontext():
+            yield
+    finally:
+        for flag, value in saved.items():
+            setattr(wan_dit, flag, value)
+        for i, block in enumerate(blocks):
+            dit.blocks[i] = block
+
+
+@dataclass
+class Row:
+    resolution: str
+    width: int
+    height: int
+    setting: str
+    status: str  # ok | unavailable | skipped | failed
+    note: str = ""
+    step_s: list[float] = field(default_factory=list)
+    warmup_s: float | None = None
+    median_step_s: float | None = None
+    tflop_per_s: float | None = None
+    x_floor: float | None = None
+    peak_vram_gib: float | None = None
+
+
+class Bench:
+    def __init__(self, torch, dit, model: dict, device, dtype, clock: Clock, budget: Budget, rate: float, args):
+        from diffsynth.diffusion.flow_match import FlowMatchScheduler
+
+        self.torch, self.dit, self.model, self.device, self.dtype = torch, dit, model, device, dtype
+        self.clock, self.budget, self.rate, self.args = clock, budget, rate, args
+        self.scheduler = FlowMatchScheduler("Wan")
+        self.scheduler.set_timesteps(20, shift=SHIFT)
+        self.rows: list[Row] = []
+        self.resolutions: dict[str, dict] = {}
+        self._inputs: dict[str, Inputs] = {}
+        self._by_setting: dict[tuple[str, Setting], Row] = {}
+
+    def run(self, resolution: str, setting: Setting, steps: int) -> Row:
+        width, height = RESOLUTIONS[resolution][1 if self.args.tiny else 0]
+        row = Row(resolution, width, height, setting.name, "running")
+        self.rows.append(row)
+        self._by_setting[(resolution, setting)] = row
+        if setting.unavailable:
+            row.status, row.note = "unavailable", setting.unavailable
+            return row
+        info = self.resolutions.get(resolution)
+        if info and setting.sdpa == "MATH" and self.device == "cuda":
+            # The math kernel materialises every head's N x N scores (and their softmax): skip what cannot fit.
+            need = 2 * self.dit.num_heads * info["tokens"]["total"] ** 2 * self.dtype.itemsize
+            free = self.torch.cuda.mem_get_info()[0]
+            if need > free:
+                row.status, row.note = "skipped", f"its N x N scores need {need / 2**30:.0f} GiB, {free / 2**30:.0f} free"
+                return row
+        estimate = self._estimate(resolution, setting, steps)
+        if estimate is not None and not self.budget.allows(estimate):
+            row.status = "skipped"
+            row.note = f"time budget: needs ~{estimate:.0f} s, {max(0.0, self.budget.left()):.0f} s left"
+            return row
+        log.info("%s %dx%d: %s", resolution, width, height, setting.name)
+        try:
+            self._measure(row, resolution, setting, width, height, steps)
+            row.status = "ok"
+        except self.torch.cuda.OutOfMemoryError:
+            row.status, row.note = "failed", "CUDA out of memory"
+        except Exception as exc:  # a backend or compile failure is a result of this run, not its end
+            row.status, row.note = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            log.exception("%s %s failed", resolution, setting.name)
+        finally:
+            if self.device == "cuda":
+                self.torch.cuda.empty_cache()
+        if row.status != "ok":
+            row.step_s, row.median_step_s = [], None
+        log.info("-> %s", {k: v for k, v in asdict(row).items() if v not in (None, "", [])})
+        return row
+
+    def fastest(self, resolution: str) -> Setting | None:
+        done = [(row.median_step_s, s) for (res, s), row in self._by_setting.items()
+                if res == resolution and row.status == "ok"]
+        return min(done, key=lambda d: d[0])[1] if done else None
+
+    def _estimate(self, resolution: str, setting: Setting, timed_steps: int) -> float | None:
+        measured = [r.median_step_s for r in self.rows if r.resolution == resolution and r.status == "ok"]
+        if measured:
+            step = min(measured)
+        else:
+            # Not run at this resolution yet: scale the fastest step elsewhere by the FLOP count.
+            known = [(r.median_step_s, self.resolutions[r.resolution]) for r in self.rows if r.status == "ok"]
+            if not known:
+                return None  # the first row is the baseline: it runs whatever the budget says
+            step_s, info = min(known, key=lambda k: k[0])
+            step = step_s * self._flops(resolution) / info["flop_per_step"]
+        return (self.args.warmup + timed_steps) * step + (COMPILE_ALLOWANCE_S[self.device] if setting.compile else 0.0)
+
+    def _flops(self, resolution: str) -> float:
+        # Before a resolution's tokens are counted: the token count from the frame layout, for estimates only.
+        if resolution in self.resolutions:
+            return self.resolutions[resolution]["flop_per_step"]
+        width, height = RESOLUTIONS[resolution][1 if self.args.tiny else 0]
+        tokens = (CLIP_FRAMES // 4 + 1) * (height // 16) * (width // 16)
+        return flop_per_step(self.model["block_params"], self.model["layers"], self.model["dim"], tokens)
+
+    def _inputs_for(self, resolution: str, width: int, height: int) -> Inputs:
+        if resolution not in self._inputs:
+            self._inputs = {}  # one resolution's inputs at a time on the GPU
+            self._inputs[resolution] = make_inputs(self.torch, self.dit, width, height, self.device, self.dtype)
+        return self._inputs[resolution]
+
+    def _measure(self, row: Row, resolution: str, setting: Setting, width: int, height: int, steps: int) -> None:
+        torch = self.torch
+        inputs = self._inputs_for(resolution, width, height)
+        latents = inputs.latents.clone()  # every row starts from the same latents
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        timesteps = self.scheduler.timesteps
+        index = 0
+
+        def step(count_for: str | None = None):
+            nonlocal latents, index
+            latents = self._cfg_step(inputs, latents, timesteps[index % len(timesteps)], count_for)
+            index += 1
+
+        with torch.no_grad(), applied(torch, setting, self.dit, self.args.compile_backend):
+            started = time.monotonic()
+            for i in range(self.args.warmup):
+                # The first warm-up at a new resolution also counts tokens and FLOPs: untimed, so free.
+                step(resolution if i == 0 and resolution not in self.resolutions else None)
+            row.warmup_s = round(time.monotonic() - started, 3)
+            for _ in range(steps):
+                if row.step_s and not self.budget.allows(statistics.median(row.step_s)):
+                    row.note = f"time budget: {len(row.step_s)} of {steps} steps timed"
+                    break
+                row.step_s.append(self.clock.time(step))
+        info = self.resolutions[resolution]
+        row.median_step_s = statistics.median(row.step_s)
+        row.tflop_per_s = info["flop_per_step"] / row.median_step_s / 1e12
+        row.x_floor = row.median_step_s / info["floor_s"]
+        if self.device == "cuda":
+            row.peak_vram_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+    def _cfg_step(self, inputs: Inputs, latents, t, count_for: str | None):
+        """One denoising step as WanVideoPipeline.__call__ runs it (cfg_scale != 1, cfg_merge off)."""
+        from diffsynth.pipelines.wan_video import model_fn_wans2v
+
+        torch = self.torch
+        timestep = t.unsqueeze(0).to(dtype=self.dtype, device=self.device)
+        # drop_motion_frames=False: a continuation clip, whose 73 motion frames are fed as tokens (every clip but
+        # the first of a long speech; the first drops them and is that much cheaper).
+        shared = dict(latents=latents, timestep=timestep, motion_latents=inputs.motion_latents,
+                      s2v_pose_latents=None, drop_motion_frames=False)
+        with self._counting(count_for, latents) if count_for else contextlib.nullcontext():
+            posi = model_fn_wans2v(self.dit, context=inputs.context_posi, audio_embeds=inputs.audio_posi, **shared)
+        nega = model_fn_wans2v(self.dit, context=inputs.context_nega, audio_embeds=inputs.audio_nega, **shared)
+        noise_pred = nega + CFG_SCALE * (posi - nega)
+        latents = self.scheduler.step(noise_pred, t, latents)
+        latents[:, :, 0:1] = inputs.first_frame
+        return latents
+
+    @contextlib.contextmanager
+    def _counting(self, resolution: str, latents):
+        """Tokens the blocks actually receive (hook on the first block) and the FLOPs PyTorch counts."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.utils.flop_counter import FlopCounterMode
+
+        seen = {}
+
+        def hook(module, args):
+            seen.setdefault("total", args[0].shape[1])
+            seen.setdefault("video", int(args[3]))  # seq_len_x
+
+        handle = self.dit.blocks[0].register_forward_pre_hook(hook)
+        # PyTorch's FLOP counter knows the CUDA SDPA kernels but not the CPU flash kernel; the math kernel is
+        # counted as the matmuls it runs. (Attention outside torch SDPA, e.g. flash-attn, is not counted.)
+        math = sdpa_kernel(SDPBackend.MATH) if self.device == "cpu" else contextlib.nullcontext()
+        try:
+            with FlopCounterMode(display=False) as counter, math:
+                yield
+        finally:
+            handle.remove()
+        _, _, frames, lat_h, lat_w = latents.shape
+        patch = self.dit.patch_size
+        reference = (lat_h // patch[1]) * (lat_w // patch[2])  # the reference latent: one frame's patches
+        tokens = {"video": seen["video"], "reference": reference,
+                  "motion": seen["total"] - seen["video"] - reference, "total": seen["total"]}
+        per_step = flop_per_step(self.model["block_params"], self.model["layers"], self.model["dim"], tokens["total"])
+        self.resolutions[resolution] = {
+            "width": lat_w * 8, "height": lat_h * 8, "frames": CLIP_FRAMES + 1, "latent_frames": frames,
+            "tokens": tokens,
+            "flop_per_step": per_step,
+            "flop_linear_per_step": 2 * 2 * self.model["block_params"] * tokens["total"],
+            "flop_attention_per_step": 2 * 4 * self.model["layers"] * tokens["total"] ** 2 * self.model["dim"],
+            "flop_counted_per_step": 2 * counter.get_total_flops(),
+            "floor_s": per_step / self.rate,
+        }
+
+
+def flop_per_step(block_params: int, layers: int, dim: int, tokens: int) -> float:
+    """FLOP_FORMULA: one CFG step, i.e. two forward passes."""
+    return 2 * (2 * block_params * tokens + 4 * layers * tokens**2 * dim)
+
+
+def sorted_rows(rows: list[Row]) -> list[Row]:
+    order = list(RESOLUTIONS)
+    return sorted(rows, key=lambda r: (r.status != "ok", order.index(r.resolution), r.median_step_s or 0.0))
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def pipeline_check(out: Path, device: str) -> dict:
+    """One clip through the product's own path: tiny checkpoint, warm cache, InProcessRuntime, muxed MP4.
+
+    S2V_DEVICE selects the device exactly as a deployment would; the clip is noise (random tiny weights).
+    """
+    started = time.monotonic()
+    try:
+        from model_runtime import warm_cache
+        from model_runtime.request import GenerationRequest
+        from model_runtime.service import InProcessRuntime
+        from model_runtime.tiny_checkpoint import make_tiny_checkpoint
+        from model_runtime.video import probe
+
+        video = out / "pipeline_check.mp4"
+        with tempfile.TemporaryDirectory(prefix="s2v-gpu-step-") as work:
+            checkpoint = make_tiny_checkpoint(Path(work) / "tiny-checkpoint")
+            env = {"S2V_DEVICE": device, "S2V_CHECKPOINT": str(checkpoint), "S2V_CACHE_DIR": str(Path(work) / "cache")}
+            with _environ(env):
+                request = GenerationRequest.parse({
+                    "image_path": ROOT / "examples/portrait_anna.jpg", "audio_path": ROOT / "examples/speech_short.wav",
+                    "sample_steps": 15, "seed": 0,
+                })
+                result = InProcessRuntime().generate(request, video)
+                model, _ = warm_cache.get_model()
+        info = probe(result.video_path)
+        dit_device = str(next(model.pipe.dit.parameters()).device)
+        ok = (info.video_codec, info.audio_codec) == ("h264", "aac") and dit_device.startswith(device)
+        return {
+            "status": "ok" if ok else "failed", "video": video.name, "video_codec": info.video_codec,
+            "audio_codec": info.audio_codec, "frames": result.frames, "size": f"{result.width}x{result.height}",
+            "dit_device": dit_device, "dtype": str(model.loaded.dtype).removeprefix("torch."),
+            "load_s": result.load_time, "generation_s": result.generation_time,
+            "total_s": round(time.monotonic() - started, 2),
+        }
+    except Exception as exc:  # reported, not raised: the DiT measurements still run
+        log.exception("pipeline check failed")
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:400]}
+
+
+def _num(value, digits=3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def render(report: dict) -> str:
+    env, mm, model = report["environment"], report["matmul"], report.get("model")
+    where = env.get("gpu") or f"CPU ({env['cpu_threads']} threads)"
+    dit = (f"DiT {model['params'] / 1e9:.4g}B params ({model['block_params'] / 1e9:.4g}B in {model['layers']} "
+           f"blocks), weights {model['weights_gib']:.3g} GiB" if model else report.get("error", "no DiT"))
+    lines = [
+        f"# Wan2.2-S2V DiT step{' (TINY config, CPU: tests the harness, not the model)' if report['tiny'] else ''}",
+        "",
+        f"{where}, torch {env['torch']}, diffsynth {env['diffsynth']}, {report['dtype']}; "
+        f"matmul {mm['n']}^3 {mm['dtype']}: {mm['flop_per_s'] / 1e12:.4g} TFLOP/s; {dit}",
+        "",
+    ]
+    for name, info in report.get("resolutions", {}).items():
+        t = info["tokens"]
+        lines.append(
+            f"- {name} {info['width']}x{info['height']}, {info['frames']} frames + 73 motion frames: "
+            f"{t['total']:,} tokens ({t['video']:,} video + {t['reference']:,} reference + {t['motion']:,} motion); "
+            f"{info['flop_per_step']:.3g} FLOP/step by the formula (linear {info['flop_linear_per_step']:.3g}, "
+            f"attention {info['flop_attention_per_step']:.3g}), {info['flop_counted_per_step']:.3g} counted; "
+            f"floor {info['floor_s']:.3g} s/step at the matmul rate"
+        )
+    lines += [
+        "",
+        "| # | res | setting | s/step (median) | steps timed | TFLOP/s | x floor | peak VRAM GiB | warm-up s | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, row in enumerate(report["rows"], 1):
+        status = row["status"] + (f": {row['note']}" if row["note"] else "")
+        lines.append(
+            f"| {i} | {row['resolution']} {row['width']}x{row['height']} | {row['setting']} | "
+            f"{_num(row['median_step_s'], 4)} | {len(row['step_s']) or '-'} | {_num(row['tflop_per_s'])} | "
+            f"{_num(row['x_floor'])} | {_num(row['peak_vram_gib'])} | {_num(row['warmup_s'])} | {status} |"
+        )
+    check = report["pipeline_check"]
+    lines += [
+        "",
+        f"Product path (tiny checkpoint through InProcessRuntime, S2V_DEVICE={report['device']}): "
+        + json.dumps(check),
+        "",
+        f"FLOP formula: {report['flop_formula']}",
+        "",
+        report["targets"],
+        "",
+        f"Run took {report['elapsed_s']} s of a {report['budget_s']:.0f} s budget.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""bench/gpu_step.py on CPU with --tiny: the GPU harness's code path, its table and its FLOP accounting."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+CLIP_LATENT_FRAMES = 20  # 80 frames / 4, after the reference latent
+
+
+def _expected_tokens(width: int, height: int) -> dict:
+    """Tokens the S2V DiT should receive, from the frame layout alone (patch 1x2x2 on the VAE's /8 latents).
+
+    Motion: FramePack packs the last 19 motion latents as 1 frame at 1x2x2, 2 frames at 2x4x4 and 16 at 4x8x8.
+    """
+    lat_h, lat_w = height // 8, width // 8
+    per_frame = (lat_h // 2) * (lat_w // 2)
+    motion = per_frame + (lat_h // 4) * (lat_w // 4) + 4 * (lat_h // 8) * (lat_w // 8)
+    video = CLIP_LATENT_FRAMES * per_frame
+    return {"video": video, "reference": per_frame, "motion": motion, "total": video + per_frame + motion}
+
+
+def _tiny_block_params() -> tuple[int, int, int]:
+    from diffsynth.core.vram.initialization import skip_model_initialization
+    from diffsynth.models.wan_video_dit_s2v import WanS2VModel
+
+    from model_runtime.tiny_checkpoint import DIT
+
+    with skip_model_initialization():
+        dit = WanS2VModel(**{**DIT, "patch_size": tuple(DIT["patch_size"])})
+    return sum(p.numel() for p in dit.blocks.parameters()), DIT["num_layers"], DIT["dim"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu-step")
+    # compile backend 'eager': dynamo's graph capture of the blocks without inductor's C++ build (30 s here).
+    proc = subprocess.run(
+        [sys.executable, "bench/gpu_step.py", "--tiny", "--compile-backend", "eager", "--out", str(out)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "gpu_step.json").read_text()), proc.stdout
+
+
+def test_rows_have_positive_step_times_fastest_first(run):
+    _, report, stdout = run
+    ok = [r for r in report["rows"] if r["status"] == "ok"]
+    names = {(r["resolution"], r["setting"]) for r in ok}
+    assert ("480p", "DiffSynth default (torch SDPA, auto: flash)") in names
+    assert any(res == "720p" for res, _ in names)  # the best setting repeated at the second resolution
+    assert any(setting.startswith("torch.compile") for _, setting in names)
+    for row in ok:
+        assert row["step_s"] and all(s > 0 for s in row["step_s"])
+        assert row["median_step_s"] > 0 and row["tflop_per_s"] > 0 and row["x_floor"] > 0
+    # Within a resolution, measured rows come fastest first; rows not measured come after all of them.
+    statuses = [r["status"] for r in report["rows"]]
+    assert statuses[: len(ok)] == ["ok"] * len(ok)
+    for res in ("480p", "720p"):
+        medians = [r["median_step_s"] for r in ok if r["resolution"] == res]
+        assert medians == sorted(medians)
+    # What CPUs lack is listed, not run: the CUDA-only SDPA kernels and uninstalled libraries.
+    unavailable = {r["setting"] for r in report["rows"] if r["status"] == "unavailable"}
+    assert {"torch SDPA, cuDNN forced", "flash-attn 3"} <= unavailable
+    assert "| # | res | setting |" in stdout
+
+
+def test_flop_counts_follow_the_formula(run):
+    _, report, _ = run
+    block_params, layers, dim = _tiny_block_params()
+    assert (report["model"]["block_params"], report["model"]["layers"], report["model"]["dim"]) == (block_params, layers, dim)
+    rate = report["matmul"]["flop_per_s"]
+    for name, info in report["resolutions"].items():
+        tokens = _expected_tokens(info["width"], info["height"])
+        assert info["tokens"] == tokens, name
+        n = tokens["total"]
+        linear, attention = 2 * 2 * block_params * n, 2 * 4 * layers * n**2 * dim  # x2: CFG's two passes
+        assert info["flop_linear_per_step"] == linear and info["flop_attention_per_step"] == attention
+        assert info["flop_per_step"] == linear + attention
+        assert info["flop_counted_per_step"] > 0
+        assert info["floor_s"] == pytest.approx((linear + attention) / rate)
+        for row in report["rows"]:
+            if row["resolution"] == name and row["status"] == "ok":
+                assert row["tflop_per_s"] == pytest.approx((linear + attention) / row["median_step_s"] / 1e12)
+                assert row["x_floor"] == pytest.approx(row["median_step_s"] / info["floor_s"])
+
+
+def test_product_path_made_a_muxed_clip_and_files_were_written(run):
+    out, report, _ = run
+    check = report["pipeline_check"]
+    assert check["status"] == "ok", check
+    assert (check["video_codec"], check["audio_codec"], check["dit_device"]) == ("h264", "aac", "cpu")
+    assert (out / "pipeline_check.mp4").stat().st_size > 0
+    assert "| # | res | setting |" in (out / "gpu_step.md").read_text()
+    assert "DiT built" in (out / "gpu_step.log").read_text()

@@ -1,6 +1,7 @@
 """Typed configuration, read from `S2V_*` environment variables (and a `.env` file if present)."""
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +41,7 @@ class Settings(BaseSettings):
     public_base_url: str | None = Field(None, description="public URL prefix for uploaded videos")
     presign_seconds: int = Field(7 * 24 * 3600, gt=0)
     gpu_cost_per_hour: float = Field(3.99, ge=0, description="for the batch cost estimate")
+    worker_name: str = Field(default_factory=socket.gethostname, description="recorded in the ledger per row")
 
 
 def get_settings() -> Settings:

@@ -44,7 +44,6 @@ def batch(
     checkpoint: Annotated[str | None, Field(description="checkpoint folder (default S2V_CHECKPOINT)")] = None,
     model_server: Annotated[str | None, Field(description="model server socket (default S2V_MODEL_SERVER)")] = None,
     lookahead: Annotated[int, Field(ge=1, le=16, description="rows fetched ahead of the generating one")] = 2,
-    only_clip_ids: Annotated[list[str] | None, Field(description="run only these clip ids")] = None,
 ) -> dict:
     """Every manifest row -> download, audio-encode, generate, upload; every row ends in the ledger."""
     hide_input_error_tracebacks()
@@ -53,12 +52,7 @@ def batch(
     parsed = parse_manifest(text, defaults, settings)
     ledger = LedgerWriter(settings.output, settings)
     _keep_batch_inputs(text, defaults, settings)
-    rows, invalid = parsed.rows, parsed.invalid
-    if only_clip_ids is not None:
-        wanted = set(only_clip_ids)
-        rows = [row for row in rows if row.clip_id in wanted]
-        invalid = [row for row in invalid if row.clip_id in wanted]
-    return _run(rows, invalid, settings, ledger, lookahead)
+    return _run(parsed.rows, parsed.invalid, settings, ledger, lookahead)
 
 
 @flow(name="s2v-clip", task_runner=_RUNNER)
@@ -121,7 +115,7 @@ def _run(rows, invalid, settings: Settings, ledger: LedgerWriter, lookahead: int
 
     for bad in invalid:
         logger.warning("row %d is invalid: %s", bad.row, bad.error)
-    record_invalid_rows(invalid, ledger, on_row_end)
+    record_invalid_rows(invalid, ledger, settings.worker_name, on_row_end)
     run_rows(rows, settings=settings, output=settings.output, ledger=ledger,
              work_dir=settings.cache_dir / "work", lookahead=lookahead, on_row_end=on_row_end)
     ledger.sync()

@@ -48,11 +48,12 @@ class _Row:
 
 
 def record_invalid_rows(
-    invalid: Iterable[InvalidRow], ledger: LedgerWriter, on_row_end: Callable[[LedgerRecord], None] | None = None
+    invalid: Iterable[InvalidRow], ledger: LedgerWriter, worker: str,
+    on_row_end: Callable[[LedgerRecord], None] | None = None,
 ) -> None:
     for bad in invalid:
         record = LedgerRecord(
-            row=bad.row, clip_id=bad.clip_id, status="failed", error=str(bad.error),
+            row=bad.row, clip_id=bad.clip_id, status="failed", error=str(bad.error), worker=worker,
             attempts=_attempts(ledger, bad.clip_id),
         )
         ledger.append(record)
@@ -78,7 +79,7 @@ def run_rows(
     generating = False
 
     def finish(state: _Row, status: str, error: str | None = None, done: LedgerRecord | None = None) -> None:
-        record = _record(state, status, error, done, output)
+        record = _record(state, status, error, done, output, settings.worker_name)
         ledger.append(record)
         if status == "failed":
             logger.warning("row %s (%s) failed: %s", state.row.row, state.row.clip_id, error)
@@ -160,9 +161,12 @@ def _request(state: _Row):
     )
 
 
-def _record(state: _Row, status: str, error: str | None, done: LedgerRecord | None, output: str) -> LedgerRecord:
+def _record(
+    state: _Row, status: str, error: str | None, done: LedgerRecord | None, output: str, worker: str
+) -> LedgerRecord:
     row, seconds, generation = state.row, state.seconds, state.generation
     fields = dict(
+        worker=worker,
         row=row.row, clip_id=row.clip_id, status=status, error=error, attempts=state.attempts,
         options_hash=row.options_hash, resolution=row.resolution, sample_steps=row.sample_steps, seed=row.seed,
         total_time=round(time.perf_counter() - state.started, 3),

@@ -1,0 +1,57 @@
+"""The nightly inbox: manifests waiting in a folder or an s3:// prefix, moved as they are handled.
+
+`<inbox>/*.csv` are waiting; a claimed one moves to `processing/`, then to `done/` or `failed/` with
+a timestamp, so a manifest is never run twice. One left in `processing/` by a crash is picked up
+again the next night, and the ledger's resume makes that rerun skip what was already made.
+"""
+from __future__ import annotations
+
+import posixpath
+from datetime import datetime, timezone
+
+from s2v.settings import Settings
+from tasks.storage import is_s3, s3_filesystem
+
+PROCESSING, DONE, FAILED = "processing", "done", "failed"
+
+
+class Inbox:
+    def __init__(self, location: str, settings: Settings):
+        self.s3 = is_s3(location)
+        if self.s3:
+            self.fs = s3_filesystem(settings)
+            self.root = location.removeprefix("s3://").rstrip("/")
+        else:
+            import fsspec
+
+            self.fs = fsspec.filesystem("file")
+            self.root = str(self.fs._strip_protocol(location)).rstrip("/")
+
+    def uri(self, path: str) -> str:
+        return f"s3://{path}" if self.s3 else path
+
+    def waiting(self) -> list[str]:
+        """Claimed-but-unfinished manifests first (an interrupted night), then new ones, by name."""
+        found = []
+        for folder in (posixpath.join(self.root, PROCESSING), self.root):
+            if self.fs.isdir(folder):
+                found += sorted(p for p in self.fs.ls(folder, detail=False) if p.lower().endswith(".csv"))
+        return found
+
+    def claim(self, path: str) -> str:
+        if posixpath.dirname(path) == posixpath.join(self.root, PROCESSING):
+            return path
+        return self._move(path, PROCESSING, stamp=False)
+
+    def finish(self, path: str, ok: bool) -> str:
+        return self._move(path, DONE if ok else FAILED, stamp=True)
+
+    def _move(self, path: str, folder: str, stamp: bool) -> str:
+        name = posixpath.basename(path)
+        if stamp:  # the same file name may arrive again next week
+            stem, ext = posixpath.splitext(name)
+            name = f"{stem}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}{ext}"
+        target = posixpath.join(self.root, folder, name)
+        self.fs.makedirs(posixpath.join(self.root, folder), exist_ok=True)
+        self.fs.mv(path, target)
+        return target

@@ -1,0 +1,53 @@
+"""The nightly batch: every manifest waiting in the inbox, one after another."""
+from __future__ import annotations
+
+import posixpath
+from typing import Annotated
+
+from prefect import flow
+from prefect.logging import get_run_logger
+from pydantic import Field
+
+from flows.batch import _settings, batch
+from flows.inbox import Inbox
+from flows.logs import hide_input_error_tracebacks
+from flows.scale_out import scale_out
+from model_runtime.request import GenerationOptions
+from s2v.errors import S2VError
+from tasks.storage import output_location
+
+
+@flow(name="s2v-nightly")
+def nightly(
+    inbox: Annotated[str, Field(description="folder or s3:// prefix where manifests (*.csv) wait")],
+    output: Annotated[str | None, Field(description="root of the outputs; each manifest gets a folder named after it")] = None,
+    shards: Annotated[int, Field(ge=1, le=64, description="GPU workers to spread each manifest over")] = 1,
+    defaults: GenerationOptions = GenerationOptions(),
+    checkpoint: str | None = None,
+    model_server: str | None = None,
+) -> list[dict]:
+    """Run each waiting manifest as a batch, then move it to done/ (or failed/) so it never runs twice."""
+    hide_input_error_tracebacks()
+    logger = get_run_logger()
+    settings = _settings(output, checkpoint, model_server)
+    box = Inbox(inbox, settings)
+    results = []
+    for path in box.waiting():
+        claimed = box.claim(path)
+        stem = posixpath.splitext(posixpath.basename(claimed))[0]
+        target = output_location(settings.output, stem)
+        common = dict(manifest=box.uri(claimed), output=target, defaults=defaults,
+                      checkpoint=checkpoint, model_server=model_server)
+        try:
+            summary = batch(**common) if shards == 1 else scale_out(shards=shards, **common)
+        except S2VError as exc:  # this manifest is unusable; the others still run tonight
+            logger.error("manifest %s failed: %s", posixpath.basename(claimed), exc)
+            box.finish(claimed, ok=False)
+            results.append({"manifest": stem, "output": target, "error": str(exc)})
+            continue
+        moved = box.finish(claimed, ok=True)
+        logger.info("manifest %s done (%s succeeded, %s failed) -> %s", stem, summary["succeeded"], summary["failed"], moved)
+        results.append({"manifest": stem, "output": target, **{k: summary[k] for k in ("succeeded", "failed", "skipped")}})
+    if not results:
+        logger.info("inbox %s is empty", inbox)
+    return results

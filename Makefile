@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/s2v generate --image examples/portrait_anna.jpg --audio examples/speech_hello.wav --out s2v-output/demo.mp4
+	$(VENV)/bin/s2v run examples/manifest.csv --output s2v-output
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -rs

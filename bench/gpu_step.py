@@ -533,7 +533,6 @@ class Bench:
         """One denoising step as WanVideoPipeline.__call__ runs it (cfg_scale != 1, cfg_merge off)."""
         from diffsynth.pipelines.wan_video import model_fn_wans2v
 
-        torch = self.torch
         timestep = t.unsqueeze(0).to(dtype=self.dtype, device=self.device)
         # drop_motion_frames=False: a continuation clip, whose 73 motion frames are fed as tokens (every clip but
         # the first of a long speech; the first drops them and is that much cheaper).

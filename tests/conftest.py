@@ -46,3 +46,29 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="module")
+def http_server():
+    """A file server on loopback with 404, 503-once, oversized, slow and redirect routes."""
+    from tests.servers import FileServer
+
+    server = FileServer()
+    server.thread.start()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's S3 server on loopback, dummy credentials, buckets media-in, media-out and ledgers."""
+    from tests.servers import moto_server
+
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            env.setenv(name, value)
+        server, endpoint = moto_server(("media-in", "media-out", "ledgers"))
+        yield endpoint
+        server.stop()

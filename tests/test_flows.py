@@ -9,19 +9,9 @@ from flows.batch import batch, clip, retry_failed
 from flows.ledger import load_ledger
 from model_runtime.video import probe
 from tests.conftest import EXAMPLES
-from tests.test_storage import FileServer, s3_endpoint  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 PORTRAIT, SPEECH = EXAMPLES / "portrait_anna.jpg", EXAMPLES / "speech_short.wav"
-
-
-@pytest.fixture(scope="module")
-def http_server():
-    server = FileServer()
-    server.thread.start()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
 
 
 @pytest.fixture
@@ -97,7 +87,7 @@ def test_clip_flow_makes_one_clip_into_the_ledger(prefect_harness, env, tmp_path
     assert _playable_with_speech(tmp_path / "out" / "ui-clip.mp4")
 
 
-def test_s3_inputs_and_outputs(prefect_harness, env, tmp_path, s3_endpoint, monkeypatch):  # noqa: F811
+def test_s3_inputs_and_outputs(prefect_harness, env, tmp_path, s3_endpoint, monkeypatch):
     monkeypatch.setenv("S2V_S3_ENDPOINT_URL", s3_endpoint)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.upload_file(str(PORTRAIT), "media-in", "faces/anna.jpg")

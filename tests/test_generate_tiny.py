@@ -17,7 +17,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def settings(tiny_checkpoint, tmp_path_factory):
-    return Settings(checkpoint=tiny_checkpoint, device="cpu", cache_dir=tmp_path_factory.mktemp("cache"))
+    # A copy of its own: the warm cache is per process, and another module may have loaded the shared one.
+    checkpoint = tmp_path_factory.mktemp("own") / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    return Settings(checkpoint=checkpoint, device="cpu", cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")

@@ -125,24 +125,6 @@ def test_merge_shard_ledgers_latest_wins(tmp_path, settings):
     assert len(pd.read_csv(tmp_path / "merged" / CSV_NAME)) == 4
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """moto's S3 server on loopback with dummy credentials."""
-    from moto.server import ThreadedMotoServer
-
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            env.setenv(name, value)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="ledgers")
-        yield endpoint
-        server.stop()
-
-
 def test_s3_ledger_uploads_after_each_append_and_resumes(tmp_path, s3_endpoint):
     settings = Settings(cache_dir=tmp_path / "cache", s3_endpoint_url=s3_endpoint)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)

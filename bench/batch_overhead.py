@@ -119,6 +119,9 @@ def main() -> None:
     print(f"tiny checkpoint, {args.rows} rows of {SPEECH.name} (15 steps), CPU; HTTP latency {args.latency:.1f} s/file")
     print(f"(a) local inputs: {wall_a / args.rows:.2f} s per row vs {pipeline_a / args.rows:.2f} s in the pipeline "
           f"-> overhead {100 * (wall_a / pipeline_a - 1):.1f}% (target <= 5%)")
+    mean = lambda key: sum(r[key] or 0 for r in local["records"]) / len(local["records"])  # noqa: E731
+    print(f"    per row, mean s: download {mean('download_s'):.2f}, encode {mean('encode_s'):.2f}, generate task "
+          f"{mean('generate_s'):.2f} (pipeline {mean('pipeline_time'):.2f}), upload {mean('upload_s'):.2f}")
     print(f"(b) {'':30}{'overlapped (flow)':>20}{'sequential':>14}")
     print(f"    {'wall s':30}{wall_b:>20.2f}{wall_s:>14.2f}")
     print(f"    {'generator busy (pipeline calls)':30}{100 * pipeline_b / wall_b:>19.1f}%{100 * pipeline_s / wall_s:>13.1f}%")

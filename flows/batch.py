@@ -31,7 +31,7 @@ BATCH_PARAMETERS = "batch.json"
 _RUNNER = ThreadPoolTaskRunner(max_workers=6)
 
 
-def _settings(output: str | None, checkpoint: str | None, model_server: str | None) -> Settings:
+def flow_settings(output: str | None, checkpoint: str | None, model_server: str | None) -> Settings:
     overrides = {"output": output, "checkpoint": checkpoint, "model_server": model_server}
     return Settings(**{k: v for k, v in overrides.items() if v})
 
@@ -47,11 +47,11 @@ def batch(
 ) -> dict:
     """Every manifest row -> download, audio-encode, generate, upload; every row ends in the ledger."""
     hide_input_error_tracebacks()
-    settings = _settings(output, checkpoint, model_server)
+    settings = flow_settings(output, checkpoint, model_server)
     text = manifest_text(manifest, settings)
     parsed = parse_manifest(text, defaults, settings)
     ledger = LedgerWriter(settings.output, settings)
-    _keep_batch_inputs(text, defaults, settings)
+    keep_batch_inputs(text, defaults, settings)
     return _run(parsed.rows, parsed.invalid, settings, ledger, lookahead)
 
 
@@ -72,7 +72,7 @@ def clip(
 ) -> dict:
     """One clip, as a form in the Prefect UI; it lands in the output's ledger like a batch row."""
     hide_input_error_tracebacks()
-    settings = _settings(output, checkpoint, model_server)
+    settings = flow_settings(output, checkpoint, model_server)
     row = {"image": image, "audio": audio, "prompt": prompt, "negative_prompt": negative_prompt,
            "resolution": resolution, "sample_steps": sample_steps, "seed": "" if seed is None else seed,
            "guidance_scale": guidance_scale, "clip_id": clip_id or ""}
@@ -90,7 +90,7 @@ def retry_failed(
 ) -> dict:
     """Rerun only the rows whose latest ledger record failed, appending to the same ledger."""
     hide_input_error_tracebacks()
-    settings = _settings(output, checkpoint, model_server)
+    settings = flow_settings(output, checkpoint, model_server)
     failed = {record.clip_id for record in load_ledger(output, settings).failed_rows()}
     manifest = read_output_text(output_location(output, MANIFEST_COPY), settings)
     stored = read_output_text(output_location(output, BATCH_PARAMETERS), settings)
@@ -126,7 +126,7 @@ def _run(rows, invalid, settings: Settings, ledger: LedgerWriter, lookahead: int
     return {**summary, "ledger": location, "records": records}
 
 
-def _keep_batch_inputs(text: str, defaults: GenerationOptions, settings: Settings) -> None:
+def keep_batch_inputs(text: str, defaults: GenerationOptions, settings: Settings) -> None:
     """Store the manifest and defaults beside the ledger, so retry-failed can rerun rows later."""
     with tempfile.TemporaryDirectory(prefix="s2v-batch-") as tmp:
         copy = Path(tmp) / MANIFEST_COPY

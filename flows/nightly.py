@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.logging import get_run_logger
 from pydantic import Field
 
-from flows.batch import _settings, batch
+from flows.batch import batch, flow_settings
 from flows.inbox import Inbox
 from flows.logs import hide_input_error_tracebacks
 from flows.scale_out import scale_out
@@ -29,7 +29,7 @@ def nightly(
     """Run each waiting manifest as a batch, then move it to done/ (or failed/) so it never runs twice."""
     hide_input_error_tracebacks()
     logger = get_run_logger()
-    settings = _settings(output, checkpoint, model_server)
+    settings = flow_settings(output, checkpoint, model_server)
     box = Inbox(inbox, settings)
     results = []
     for path in box.waiting():

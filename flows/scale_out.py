@@ -16,7 +16,7 @@ from prefect.deployments import run_deployment
 from prefect.logging import get_run_logger
 from pydantic import Field
 
-from flows.batch import _keep_batch_inputs, _settings
+from flows.batch import flow_settings, keep_batch_inputs
 from flows.ledger import Ledger, LedgerRecord, load_ledger, merge_ledgers, write_ledger
 from flows.logs import hide_input_error_tracebacks
 from flows.manifest import OPTION_COLUMNS, ClipRow, manifest_text, parse_manifest
@@ -57,10 +57,10 @@ def scale_out(
     """Split the manifest, run each shard as a deployment run, wait for all, merge their ledgers."""
     hide_input_error_tracebacks()
     logger = get_run_logger()
-    settings = _settings(output, checkpoint, model_server)
+    settings = flow_settings(output, checkpoint, model_server)
     text = manifest_text(manifest, settings)
     parsed = parse_manifest(text, defaults, settings)
-    _keep_batch_inputs(text, defaults, settings)
+    keep_batch_inputs(text, defaults, settings)
     parts = split_rows(parsed.rows, shards)
     shard_outputs = [output_location(settings.output, f"shard-{k}") for k in range(len(parts))]
     launched = [

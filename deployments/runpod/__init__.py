@@ -1,0 +1,1 @@
+"""The seed's RunPod serverless endpoint, kept working on top of the pipeline's stages."""

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # GPU host entrypoint (the seed's start_warm.sh): start the warm model server, wait until its health
 # says ready, then start a Prefect process worker on the GPU pool. SIGTERM/SIGINT stop both cleanly.
-# Runs as a container entrypoint or a systemd service; everything logs to stdout.
+# Runs as a container entrypoint or a systemd service (Type=simple, KillSignal=SIGTERM); logs to stdout.
 #
-# Environment: PREFECT_API_URL, S2V_CHECKPOINT, S2V_MODEL_SERVER (socket), S2V_OUTPUT, S2V_WORKER_NAME,
-# S2V_WORK_POOL (default s2v-gpu), S2V_SERVER_READY_TIMEOUT_S (default 1800: loading takes minutes).
-# S2V_BIN and PREFECT_BIN name the commands (tests point them elsewhere).
+# Environment: PREFECT_API_URL, S2V_CHECKPOINT, S2V_MODEL_SERVER (socket), S2V_OUTPUT, S2V_WORKER_NAME
+# (default the host name), S2V_WORK_POOL (default s2v-gpu), S2V_SERVER_READY_TIMEOUT_S (default 1800:
+# loading the 14B model takes minutes). S2V_BIN and PREFECT_BIN name the commands (tests swap them).
 set -euo pipefail
 
 S2V_BIN=${S2V_BIN:-s2v}
 PREFECT_BIN=${PREFECT_BIN:-prefect}
 SOCKET=${S2V_MODEL_SERVER:-/tmp/wan2_s2v_model_server.sock}
 POOL=${S2V_WORK_POOL:-s2v-gpu}
-WORKER=${S2V_WORKER_NAME:-$(hostname)}
+WORKER=${S2V_WORKER_NAME:-${HOSTNAME:-s2v-gpu-worker}}
 READY_TIMEOUT=${S2V_SERVER_READY_TIMEOUT_S:-1800}
+# The flow runs the worker starts must reach this server, and the ledger records this worker's name.
 export S2V_MODEL_SERVER=$SOCKET S2V_WORKER_NAME=$WORKER
 
 log() { echo "start_warm: $*"; }
@@ -30,30 +31,51 @@ stop() {
 }
 trap 'stop; exit 0' TERM INT
 
+if [ -z "${PREFECT_API_URL:-}" ]; then
+  log "warning: PREFECT_API_URL is not set; the worker uses the API of the active Prefect profile"
+fi
+
+# Everything on stdout: one stream for journald or `docker logs`.
 log "starting the model server on $SOCKET"
-"$S2V_BIN" server --socket "$SOCKET" &
+"$S2V_BIN" server --socket "$SOCKET" 2>&1 &
 server_pid=$!
 
-waited=0
-until "$S2V_BIN" server-status --socket "$SOCKET" 2>/dev/null | grep -q '"status": "ready"'; do
+# Sets state to the server's status (loading, ready, busy, failed) or "down" when nothing answers.
+poll_server() {
+  state=down
+  reply=$("$S2V_BIN" server-status --socket "$SOCKET" 2>/dev/null) || return 0
+  if [[ $reply =~ \"status\":\ *\"([a-z]+)\" ]]; then state=${BASH_REMATCH[1]}; fi
+}
+
+deadline=$((SECONDS + READY_TIMEOUT))  # SECONDS: bash's clock since start
+while poll_server; do
+  case $state in
+    ready | busy) break ;;  # busy: a client sent a job the moment the model was loaded
+    failed)
+      # The server stays up to report its error; waiting longer would not load the model.
+      log "the model server could not load the model: $reply"
+      stop
+      exit 1
+      ;;
+  esac
   if ! kill -0 "$server_pid" 2>/dev/null; then
     log "the model server exited before it was ready"
     wait "$server_pid" || true
     exit 1
   fi
-  if [ "$waited" -ge "$READY_TIMEOUT" ]; then
-    log "the model server was not ready after ${READY_TIMEOUT}s"
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    log "the model server was not ready after ${READY_TIMEOUT}s (state: $state)"
     stop
     exit 1
   fi
+  # In the background so a SIGTERM is handled now, not after the sleep.
   sleep 2 &
   wait $! || true
-  waited=$((waited + 2))
 done
 log "model server ready; starting worker $WORKER on pool $POOL"
 
 # --limit 1: one flow run at a time per GPU; the model server queues what arrives meanwhile.
-"$PREFECT_BIN" worker start --pool "$POOL" --type process --name "$WORKER" --limit 1 &
+"$PREFECT_BIN" worker start --pool "$POOL" --type process --name "$WORKER" --limit 1 2>&1 &
 worker_pid=$!
 
 # Whichever ends first ends the host: a worker without a model (or the reverse) is no use.

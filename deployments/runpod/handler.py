@@ -1,6 +1,7 @@
 """RunPod serverless handler with the seed's API.
 
-Input:  {"image_url", "audio_url", "prompt"?, "resolution"? (480p|720p), "sample_steps"? (15..50)}
+Input:  {"image_url", "audio_url", "prompt"?, "resolution"? (480p|720p), "sample_steps"? (15..50),
+         "negative_prompt"?, "seed"?, "guidance_scale"?}; other keys are ignored, as the seed did.
 Output: {"video_url", "generation_time", "total_time", "video_size_mb", "resolution", "sample_steps",
          "warm_model"}; a bad input returns {"error": "<field>=<value>: <reason>"}.
 
@@ -8,12 +9,13 @@ HANDLER_VERSION=v2 (default) runs the pipeline's own stages in this process agai
 server, which the first job starts if none is running (as the seed did). HANDLER_VERSION=v1 runs each
 job as a fresh `s2v generate` process (cold, for comparison).
 
-    python -m deployments.runpod.handler                      # on RunPod
-    python deployments/runpod/handler.py --test_input '{"input": {...}}'   # locally
+    python -m deployments.runpod.handler                                  # on RunPod
+    python deployments/runpod/handler.py --test_input '{"input": {...}}'  # locally
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -21,49 +23,62 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING
 
 from s2v.errors import InputError, S2VError
-from s2v.settings import get_settings
+from s2v.settings import Settings, get_settings
 
-SEED_FIELDS = ("video_url", "generation_time", "total_time", "video_size_mb", "resolution", "sample_steps", "warm_model")
+if TYPE_CHECKING:
+    from model_runtime.request import GenerationRequest
+
+log = logging.getLogger("s2v.runpod")
+URL_FIELDS = ("image_url", "audio_url")
 
 
 def handler(job: dict) -> dict:
     started = time.perf_counter()
     try:
-        return _handle(job.get("input") or {}, started)
+        return _handle(job.get("input"), started)
     except S2VError as exc:
         return {"error": str(exc)}
+    except Exception as exc:
+        # The SDK would hand an uncaught exception's traceback to the caller; it stays in the worker log.
+        log.exception("job %s failed", job.get("id"))
+        return {"error": f"internal error ({type(exc).__name__}); the worker log has the details of job {job.get('id')}"}
 
 
-def _handle(job_input: dict, started: float) -> dict:
-    from model_runtime.request import GenerationRequest, input_error_from
+def _handle(job_input: object, started: float) -> dict:
+    from model_runtime.request import GenerationOptions, GenerationRequest
+    from tasks.storage import put_output
 
-    for field in ("image_url", "audio_url"):
-        if not isinstance(job_input.get(field), str) or not job_input[field]:
-            raise InputError(field, job_input.get(field), "required: a URL or path")
-    options = {k: job_input[k] for k in ("prompt", "resolution", "sample_steps") if job_input.get(k) is not None}
-    try:  # validated before anything is downloaded or the GPU is touched
-        GenerationRequest.model_validate({"image_path": "-", "audio_path": "-", **options})
-    except ValidationError as exc:
-        raise input_error_from(exc, options) from None
+    if not isinstance(job_input, dict):
+        raise InputError("input", job_input, "must be a JSON object")
+    for field in URL_FIELDS:
+        if not isinstance(job_input.get(field), str) or not job_input[field].strip():
+            raise InputError(field, job_input.get(field), "required: a URL (http(s)://, s3://) or a path")
+    options = {k: v for k, v in job_input.items() if k in GenerationOptions.model_fields and v is not None}
+    # Validated before anything is downloaded or the model server is started; the paths come later.
+    request = GenerationRequest.parse({"image_path": job_input["image_url"], "audio_path": job_input["audio_url"], **options})
 
     settings = get_settings()
     with tempfile.TemporaryDirectory(prefix="s2v-runpod-") as work:
         work = Path(work)
+        image, audio = _fetch(job_input, work, settings)
+        request = request.model_copy(update={"image_path": image, "audio_path": audio})
+        video = work / "video.mp4"
         if os.environ.get("HANDLER_VERSION", "v2") == "v1":
-            result = _generate_cold(job_input, options, work, settings)
+            result = _generate_cold(request, video)
         else:
-            result = _generate_warm(job_input, options, work, settings)
-        from tasks.storage import put_output
+            from model_runtime.client import ServerRuntime
 
-        url = put_output(Path(result["video_path"]), settings.output, f"runpod/{uuid.uuid4().hex}.mp4", settings)
+            # One call: the server encodes the speech and generates, and the client knows whether it
+            # had to start (load) the server for it, which is what warm_model reports.
+            result = ServerRuntime(settings).generate(request, video).model_dump(mode="json")
+        url = put_output(video, settings.output, f"runpod/{uuid.uuid4().hex}.mp4", settings)
     return {
         "video_url": url,
         "generation_time": result["generation_time"],
-        "total_time": round(time.perf_counter() - started, 3),
+        "total_time": round(time.perf_counter() - started, 3),  # download and upload included
         "video_size_mb": result["video_size_mb"],
         "resolution": result["resolution"],
         "sample_steps": result["sample_steps"],
@@ -71,40 +86,33 @@ def _handle(job_input: dict, started: float) -> dict:
     }
 
 
-def _fetch(job_input: dict, work: Path, settings):
+def _fetch(job_input: dict, work: Path, settings: Settings) -> tuple[Path, Path]:
+    """The download stage's steps (tasks/download.py) without its Prefect task wrapper."""
     from tasks.download import check_audio, check_image
     from tasks.storage import fetch_input
 
-    image = fetch_input(job_input["image_url"], work / "inputs", "image", settings)
-    audio = fetch_input(job_input["audio_url"], work / "inputs", "audio", settings)
+    image = fetch_input(job_input["image_url"], work / "inputs", "image_url", settings)
+    audio = fetch_input(job_input["audio_url"], work / "inputs", "audio_url", settings)
     check_image(image)
     check_audio(audio, settings.max_audio_seconds)
     return image.path, audio.path
 
 
-def _generate_warm(job_input: dict, options: dict, work: Path, settings) -> dict:
-    from model_runtime.client import ServerRuntime
-    from model_runtime.request import GenerationRequest
-
-    image, audio = _fetch(job_input, work, settings)
-    request = GenerationRequest(image_path=image, audio_path=audio, **options)
-    return ServerRuntime(settings).generate(request, work / "video.mp4").model_dump(mode="json")
-
-
-def _generate_cold(job_input: dict, options: dict, work: Path, settings) -> dict:
-    image, audio = _fetch(job_input, work, settings)
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
-    proc = subprocess.run(
-        [sys.executable, "-c", "from s2v.cli import app; app()", "generate", "--image", str(image), "--audio",
-         str(audio), "--out", str(work / "video.mp4"), *args],
-        capture_output=True, text=True,
-    )
+def _generate_cold(request: GenerationRequest, video: Path) -> dict:
+    """v1: a fresh process loads the model for this job alone, as the seed's first handler did."""
+    options = request.model_dump(exclude={"image_path", "audio_path"}, exclude_none=True)
+    command = [sys.executable, "-c", "from s2v.cli import app; app()", "generate", "--image", str(request.image_path),
+               "--audio", str(request.audio_path), "--out", str(video), *(f"--{k.replace('_', '-')}={v}" for k, v in options.items())]
+    proc = subprocess.run(command, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise S2VError(proc.stderr.strip().removeprefix("error: ")[-2000:])
+        sys.stderr.write(proc.stderr)  # the whole story goes to the worker log, only the error line to the caller
+        errors = [line.removeprefix("error: ") for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        raise S2VError(errors[-1] if errors else f"`s2v generate` exited with status {proc.returncode}")
     return json.loads(proc.stdout)
 
 
 if __name__ == "__main__":
     import runpod
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     runpod.serverless.start({"handler": handler})

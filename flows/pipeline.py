@@ -179,7 +179,8 @@ def _record(
             url=state.url, output_uri=output_location(output, state.key),
             generation_time=generation.generation_time, pipeline_time=generation.pipeline_time,
             video_size_mb=generation.video_size_mb,
-            warm_model=generation.warm_model, seed=generation.seed,
+            # The first row of a cold process loads the model in its encode stage: not warm either.
+            warm_model=generation.warm_model and state.features.warm_model, seed=generation.seed,
         )
     if done is not None:
         fields.update(

@@ -110,14 +110,15 @@ class ModelServerClient:
 
     def encode_audio(self, audio_path: Path, output_path: Path) -> EncodeAudioReply:
         message = EncodeAudioRequest(audio_path=_absolute(audio_path), output_path=_absolute(output_path))
-        self.ensure_running()
+        started_server = self.ensure_running()
         # Encoding waits its turn behind generations in the server's queue: allow it as long.
         timeout = self.settings.generation_timeout_s
         try:
             data = self._exchange(message.model_dump(mode="json"), timeout + reply_grace_s(timeout))
         except ReplyTimeout:
             raise GenerationTimeout(f"the model server at {self.socket_path} did not encode {audio_path} within {timeout:g} s") from None
-        return EncodeAudioReply.model_validate(data)
+        reply = EncodeAudioReply.model_validate(data)
+        return reply.model_copy(update={"warm_model": False}) if started_server else reply
 
     # ---- starting the server --------------------------------------------------------------------
 

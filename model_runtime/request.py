@@ -85,6 +85,7 @@ class AudioFeatures(BaseModel):
     frames_per_clip: int
     checkpoint: str
     encode_seconds: float
+    warm_model: bool = True  # False when the model was loaded for this encoding
 
 
 class GenerationResult(BaseModel):

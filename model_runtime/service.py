@@ -21,8 +21,9 @@ class InProcessRuntime:
         from model_runtime.generate import encode_audio
         from model_runtime.warm_cache import get_model
 
-        model, _ = get_model(self.checkpoint, self.settings)
-        return encode_audio(model, Path(audio_path), Path(out_path), max_seconds=self.settings.max_audio_seconds)
+        model, warm = get_model(self.checkpoint, self.settings)
+        features = encode_audio(model, Path(audio_path), Path(out_path), max_seconds=self.settings.max_audio_seconds)
+        return features.model_copy(update={"warm_model": warm})
 
     def generate(
         self,

@@ -81,6 +81,7 @@ def test_failed_row_exits_nonzero_then_retry_fixes_it(cli_env, tmp_path):
     assert run.returncode == 1
     assert "not a decodable image" in run.stderr and "Traceback" not in run.stderr + run.stdout
     assert "1 succeeded, 1 failed" in run.stderr
+    assert {r["clip_id"]: r for r in _records(out)}["good"]["warm_model"] is False  # loaded for this row
 
     shutil.copy(PORTRAIT, broken)
     retry = subprocess.run(_s2v("retry", str(out)), env=cli_env, cwd=ROOT, capture_output=True, text=True, timeout=600)

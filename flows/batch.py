@@ -38,14 +38,23 @@ def flow_settings(output: str | None, checkpoint: str | None, model_server: str 
 
 @flow(name="s2v-batch", task_runner=_RUNNER, log_prints=False)
 def batch(
-    manifest: Annotated[str, Field(description="path or URI of a CSV manifest, or the CSV text itself")],
-    output: Annotated[str | None, Field(description="local folder or s3://bucket/prefix (default S2V_OUTPUT)")] = None,
+    manifest: str,
+    output: str | None = None,
     defaults: GenerationOptions = GenerationOptions(),
-    checkpoint: Annotated[str | None, Field(description="checkpoint folder (default S2V_CHECKPOINT)")] = None,
-    model_server: Annotated[str | None, Field(description="model server socket (default S2V_MODEL_SERVER)")] = None,
-    lookahead: Annotated[int, Field(ge=1, le=16, description="rows fetched ahead of the generating one")] = 2,
+    checkpoint: str | None = None,
+    model_server: str | None = None,
+    lookahead: Annotated[int, Field(ge=1, le=16)] = 2,
 ) -> dict:
-    """Every manifest row -> download, audio-encode, generate, upload; every row ends in the ledger."""
+    """Every manifest row -> download, audio-encode, generate, upload; every row ends in the ledger.
+
+    Args:
+        manifest: path or URI (file://, http(s)://, s3://) of a CSV manifest, or the CSV text itself
+        output: local folder or s3://bucket/prefix for the videos and the ledger (default S2V_OUTPUT)
+        defaults: generation options for the rows that leave them empty
+        checkpoint: Wan2.2-S2V checkpoint folder (default S2V_CHECKPOINT)
+        model_server: Unix socket of the warm model server (default S2V_MODEL_SERVER)
+        lookahead: rows fetched ahead of the one generating
+    """
     hide_input_error_tracebacks()
     settings = flow_settings(output, checkpoint, model_server)
     text = manifest_text(manifest, settings)
@@ -57,20 +66,35 @@ def batch(
 
 @flow(name="s2v-clip", task_runner=_RUNNER)
 def clip(
-    image: Annotated[str, Field(description="portrait: path, file://, http(s):// or s3:// URI")],
-    audio: Annotated[str, Field(description="speech: path, file://, http(s):// or s3:// URI")],
+    image: str,
+    audio: str,
     prompt: Annotated[str, Field(max_length=4000)] = GenerationOptions.model_fields["prompt"].default,
     resolution: Resolution = "480p",
     sample_steps: Annotated[int, Field(ge=15, le=50)] = 20,
     seed: Annotated[int | None, Field(ge=0, le=2**32 - 1)] = None,
     guidance_scale: Annotated[float, Field(ge=1.0, le=20.0)] = 4.5,
     negative_prompt: Annotated[str, Field(max_length=4000)] = "",
-    clip_id: Annotated[str | None, Field(description="name of the clip (default: from its content)")] = None,
+    clip_id: str | None = None,
     output: str | None = None,
     checkpoint: str | None = None,
     model_server: str | None = None,
 ) -> dict:
-    """One clip, as a form in the Prefect UI; it lands in the output's ledger like a batch row."""
+    """One clip, as a form in the Prefect UI; it lands in the output's ledger like a batch row.
+
+    Args:
+        image: the portrait: path, file://, http(s):// or s3:// URI
+        audio: the speech: path, file://, http(s):// or s3:// URI
+        prompt: what the video shows
+        resolution: 480p (max 832x480 area) or 720p (max 1280x720 area)
+        sample_steps: denoising steps, 15..50: more is slower and finer
+        seed: fixed seed for a repeatable clip (empty: random, recorded in the ledger)
+        guidance_scale: classifier-free guidance strength
+        negative_prompt: what to avoid
+        clip_id: name of the clip and its video (default: derived from its content)
+        output: local folder or s3://bucket/prefix (default S2V_OUTPUT)
+        checkpoint: Wan2.2-S2V checkpoint folder (default S2V_CHECKPOINT)
+        model_server: Unix socket of the warm model server (default S2V_MODEL_SERVER)
+    """
     hide_input_error_tracebacks()
     settings = flow_settings(output, checkpoint, model_server)
     row = {"image": image, "audio": audio, "prompt": prompt, "negative_prompt": negative_prompt,
@@ -83,12 +107,19 @@ def clip(
 
 @flow(name="s2v-retry-failed", task_runner=_RUNNER)
 def retry_failed(
-    output: Annotated[str, Field(description="the batch's output location, which holds its ledger")],
+    output: str,
     checkpoint: str | None = None,
     model_server: str | None = None,
     lookahead: Annotated[int, Field(ge=1, le=16)] = 2,
 ) -> dict:
-    """Rerun only the rows whose latest ledger record failed, appending to the same ledger."""
+    """Rerun only the rows whose latest ledger record failed, appending to the same ledger.
+
+    Args:
+        output: the earlier batch's output location, which holds its ledger and manifest copy
+        checkpoint: Wan2.2-S2V checkpoint folder (default S2V_CHECKPOINT)
+        model_server: Unix socket of the warm model server (default S2V_MODEL_SERVER)
+        lookahead: rows fetched ahead of the one generating
+    """
     hide_input_error_tracebacks()
     settings = flow_settings(output, checkpoint, model_server)
     failed = {record.clip_id for record in load_ledger(output, settings).failed_rows()}

@@ -19,14 +19,23 @@ from tasks.storage import output_location
 
 @flow(name="s2v-nightly")
 def nightly(
-    inbox: Annotated[str, Field(description="folder or s3:// prefix where manifests (*.csv) wait")],
-    output: Annotated[str | None, Field(description="root of the outputs; each manifest gets a folder named after it")] = None,
-    shards: Annotated[int, Field(ge=1, le=64, description="GPU workers to spread each manifest over")] = 1,
+    inbox: str,
+    output: str | None = None,
+    shards: Annotated[int, Field(ge=1, le=64)] = 1,
     defaults: GenerationOptions = GenerationOptions(),
     checkpoint: str | None = None,
     model_server: str | None = None,
 ) -> list[dict]:
-    """Run each waiting manifest as a batch, then move it to done/ (or failed/) so it never runs twice."""
+    """Run each waiting manifest as a batch, then move it to done/ (or failed/) so it never runs twice.
+
+    Args:
+        inbox: folder or s3:// prefix where manifests (*.csv) wait
+        output: root of the outputs; each manifest gets a folder named after it (default S2V_OUTPUT)
+        shards: GPU workers to spread each manifest over (1: one worker runs it)
+        defaults: generation options for the rows that leave them empty
+        checkpoint: Wan2.2-S2V checkpoint folder (default S2V_CHECKPOINT)
+        model_server: Unix socket of the warm model server (default S2V_MODEL_SERVER)
+    """
     hide_input_error_tracebacks()
     logger = get_run_logger()
     settings = flow_settings(output, checkpoint, model_server)

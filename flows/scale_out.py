@@ -46,15 +46,25 @@ def shard_manifest(rows: list[ClipRow]) -> str:
 
 @flow(name="s2v-scale-out")
 def scale_out(
-    manifest: Annotated[str, Field(description="path or URI of a CSV manifest, or the CSV text itself")],
-    output: Annotated[str | None, Field(description="local folder or s3://bucket/prefix (default S2V_OUTPUT)")] = None,
-    shards: Annotated[int, Field(ge=1, le=64, description="shard runs, one per available GPU worker")] = 2,
+    manifest: str,
+    output: str | None = None,
+    shards: Annotated[int, Field(ge=1, le=64)] = 2,
     defaults: GenerationOptions = GenerationOptions(),
     checkpoint: str | None = None,
     model_server: str | None = None,
     shard_deployment: str = SHARD_DEPLOYMENT,
 ) -> dict:
-    """Split the manifest, run each shard as a deployment run, wait for all, merge their ledgers."""
+    """Split the manifest, run each shard as a deployment run, wait for all, merge their ledgers.
+
+    Args:
+        manifest: path or URI of a CSV manifest, or the CSV text itself
+        output: local folder or s3://bucket/prefix (default S2V_OUTPUT)
+        shards: shard runs, one per available GPU worker
+        defaults: generation options for the rows that leave them empty
+        checkpoint: Wan2.2-S2V checkpoint folder (default S2V_CHECKPOINT)
+        model_server: Unix socket of the warm model server (default S2V_MODEL_SERVER)
+        shard_deployment: the deployment that runs each shard
+    """
     hide_input_error_tracebacks()
     logger = get_run_logger()
     settings = flow_settings(output, checkpoint, model_server)

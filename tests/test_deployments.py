@@ -186,6 +186,7 @@ def test_deployment_forms_have_types_and_limits(prefect_server):
     assert clip["resolution"]["enum"][:2] == ["480p", "720p"]
     assert (clip["sample_steps"]["minimum"], clip["sample_steps"]["maximum"]) == (15, 50)
     assert clip["seed"]["anyOf"][0]["maximum"] == 2**32 - 1
+    assert "portrait" in clip["image"]["description"]  # the form explains each field
     batch = info["s2v-batch/batch"]
     assert batch["schema"]["required"] == ["manifest"] and batch["pool"] == "s2v-gpu"
     options = batch["schema"]["definitions"]["GenerationOptions"]["properties"]

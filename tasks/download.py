@@ -5,14 +5,13 @@ import time
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
-from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
 from s2v.errors import InputError
 from s2v.settings import Settings, get_settings
-from tasks.storage import FetchedInput, fetch_input, retry_on_transient
+from tasks.io_retries import IO_TASK_OPTIONS
+from tasks.storage import FetchedInput, fetch_input
 
 MIN_AUDIO_SECONDS = 0.1
 
@@ -33,15 +32,7 @@ class DownloadedInputs(BaseModel):
     download_seconds: float
 
 
-@task(
-    name="download-inputs",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
-    # Resume across runs is the ledger's job (content hashes + options); nothing to cache here.
-    cache_policy=NO_CACHE,
-)
+@task(name="download-inputs", **IO_TASK_OPTIONS)
 def download_inputs(
     image: str, audio: str, work_dir: Path | None = None, settings: Settings | None = None
 ) -> DownloadedInputs:

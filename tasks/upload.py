@@ -4,22 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
-from prefect.tasks import exponential_backoff
 
 from s2v.settings import Settings, get_settings
-from tasks.storage import output_location, put_output, retry_on_transient
+from tasks.io_retries import IO_TASK_OPTIONS
+from tasks.storage import output_location, put_output
 
 
-@task(
-    name="upload-video",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
-    cache_policy=NO_CACHE,
-)
+@task(name="upload-video", **IO_TASK_OPTIONS)
 def upload_video(
     video_path: Path,
     key: str,

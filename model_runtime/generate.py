@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 
 from model_runtime.media import AUDIO_SAMPLE_RATE, fit_image, load_image, load_speech
 from model_runtime.request import FPS, PRESETS, AudioFeatures, GenerationRequest, GenerationResult, Preset, output_size
-from model_runtime.video import mux_speech, write_silent_mp4
+from model_runtime.video import mux_speech, write_poster, write_silent_mp4
 from model_runtime.warm_cache import WarmModel
-from s2v.errors import GenerationError, GenerationTimeout, InputError
+from s2v.errors import GenerationCancelled, GenerationError, GenerationTimeout, InputError
 
 MOTION_FRAMES = 73  # fixed by Wan2.2-S2V (DiffSynth asserts it)
 DROP_FIRST_FRAMES = 3  # the first clip starts from empty motion context; its first frames are dropped
@@ -74,8 +74,13 @@ def generate_video(
     timeout_s: float = 1800.0,
     max_audio_seconds: float | None = None,
     on_clip: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], str | None] | None = None,
 ) -> GenerationResult:
-    """Make the MP4 at `out_path` with the speech muxed in. Waits its turn on the model's lock."""
+    """Make the MP4 at `out_path` with the speech muxed in. Waits its turn on the model's lock.
+
+    `should_stop` is asked before every denoising step; a reason it returns stops the generation
+    there with GenerationCancelled (a cancel request, Ctrl-C, a client that has gone).
+    """
     called = time.perf_counter()
     out_path = Path(out_path)
     # Inputs are checked before the queue and the GPU: a bad file fails in milliseconds.
@@ -100,7 +105,7 @@ def generate_video(
                 features = _encode_audio_locked(model, request.audio_path, Path(work) / "features.safetensors", samples)
             embeds = load_file(str(features.path))[_FEATURES_KEY]
             frames, pipeline_time = _generate_frames(
-                model, request, image, preset, embeds, features, seed, deadline, timeout_s, on_clip
+                model, request, image, preset, embeds, features, seed, deadline, timeout_s, on_clip, should_stop
             )
             generation_time = time.perf_counter() - started
             model.generation_count += 1
@@ -108,9 +113,11 @@ def generate_video(
         write_silent_mp4(frames, silent, FPS)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         mux_speech(silent, request.audio_path, out_path)
+        poster = write_poster(frames, out_path)
 
     return GenerationResult(
         video_path=out_path,
+        poster_path=poster,
         generation_time=round(generation_time, 3),
         pipeline_time=round(pipeline_time, 3),
         total_time=round(time.perf_counter() - called, 3),
@@ -143,7 +150,7 @@ def _preset(model: WarmModel, resolution: str) -> Preset:
 
 
 def _generate_frames(
-    model, request, image, preset, embeds, features, seed, deadline, timeout_s, on_clip
+    model, request, image, preset, embeds, features, seed, deadline, timeout_s, on_clip, should_stop
 ) -> tuple[np.ndarray, float]:
     """(frames, seconds spent inside DiffSynth's pipeline calls)."""
     pipe = model.pipe
@@ -159,6 +166,8 @@ def _generate_frames(
         for t in timesteps:
             if time.perf_counter() > deadline:
                 raise GenerationTimeout(f"generation passed its {timeout_s:.0f} s limit and was stopped")
+            if should_stop is not None and (reason := should_stop()):
+                raise GenerationCancelled(f"generation stopped: {reason}")
             yield t
 
     try:
@@ -185,7 +194,8 @@ def _generate_frames(
             if r == 0:
                 clip = clip[:, :, DROP_FIRST_FRAMES:]
             overlap = min(MOTION_FRAMES, clip.shape[2])
-            motion = torch.cat([motion[:, :, overlap:], clip[:, :, -overlap:].to(motion.dtype)], dim=2)
+            # DiffSynth hands "floatpoint" frames back on the CPU; the motion context lives on the model's device.
+            motion = torch.cat([motion[:, :, overlap:], clip[:, :, -overlap:].to(motion.device, motion.dtype)], dim=2)
             motion_video = motion
             parts.append(_to_uint8(clip))
             if on_clip:

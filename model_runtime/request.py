@@ -92,6 +92,7 @@ class GenerationResult(BaseModel):
     """The seed's result fields plus what a ledger needs to tell clips apart."""
 
     video_path: Path
+    poster_path: Path | None = None  # a JPEG of the middle frame beside the video
     generation_time: float  # audio encoding + all clips, from the model's turn to the last frame
     pipeline_time: float  # inside DiffSynth's pipeline calls only
     total_time: float

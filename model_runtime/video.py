@@ -33,6 +33,15 @@ def write_silent_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
     writer.close()
 
 
+def write_poster(frames: np.ndarray, video: Path) -> Path:
+    """A JPEG of the clip's middle frame beside `video` (`<name>.poster.jpg`): its picture for people."""
+    from PIL import Image
+
+    poster = video.with_name(f"{video.stem}.poster.jpg")
+    Image.fromarray(frames[len(frames) // 2]).save(poster, quality=88)
+    return poster
+
+
 def mux_speech(silent_video: Path, speech: Path, out: Path) -> None:
     """Put the original speech in as AAC. Any failure raises: a silent video is never the result."""
     tmp = out.with_name(f".{out.name}.partial.mp4")

@@ -39,6 +39,10 @@ class GenerationTimeout(GenerationError):
     """A generation ran past its time limit and was stopped."""
 
 
+class GenerationCancelled(GenerationError):
+    """A generation was stopped on request (cancel, Ctrl-C, its client gone) before it finished."""
+
+
 class MuxError(GenerationError):
     """The speech could not be muxed into the video; a silent video is never returned."""
 

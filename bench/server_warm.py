@@ -85,7 +85,7 @@ def main() -> None:
 
     first = cold_records[0]
     print(f"server_warm: {args.requests} requests, tiny checkpoint, CPU, {first['width']}x{first['height']}, "
-          f"{first['frames']} frames in {first['clips']} clips, {args.steps} steps, {args.audio.name}")
+          f"{first['frames']} frames in {first['segments']} segments, {args.steps} steps, {args.audio.name}")
     print(f"{'':26}{'cold s2v generate':>20}{'warm server':>14}")
     for i, (c, w) in enumerate(zip(cold, warm), start=1):
         note = "  (starts the server: load included)" if i == 1 else ""

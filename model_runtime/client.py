@@ -21,7 +21,7 @@ from typing import Any
 
 from model_runtime import protocol
 from model_runtime.protocol import (
-    ClipEvent, EncodeAudioReply, EncodeAudioRequest, ErrorReply, GenerateCall, GenerateReply, HealthReply, StatusReply,
+    SegmentEvent, EncodeAudioReply, EncodeAudioRequest, ErrorReply, GenerateCall, GenerateReply, HealthReply, StatusReply,
 )
 from model_runtime.request import AudioFeatures, GenerationRequest, GenerationResult
 from model_runtime.service import InProcessRuntime
@@ -82,20 +82,20 @@ class ModelServerClient:
 
     # ---- jobs (start a server when none answers) -------------------------------------------------
 
-    def generate(self, call: GenerateCall, on_clip: Callable[[int, int], None] | None = None) -> GenerateReply:
+    def generate(self, call: GenerateCall, on_segment: Callable[[int, int], None] | None = None) -> GenerateReply:
         timeout = call.timeout_s or self.settings.generation_timeout_s
         request = call.request.model_copy(update={"image_path": _absolute(call.request.image_path), "audio_path": _absolute(call.request.audio_path)})
         features = call.features.model_copy(update={"path": _absolute(call.features.path)}) if call.features else None
         call = call.model_copy(update={
-            "request": request, "features": features, "timeout_s": timeout, "progress": call.progress or on_clip is not None,
+            "request": request, "features": features, "timeout_s": timeout, "progress": call.progress or on_segment is not None,
             "output_path": _absolute(call.output_path) if call.output_path else None,
         })
         started_server = self.ensure_running()
 
         def on_event(event: dict[str, Any]) -> None:
-            if on_clip is not None and event.get("event") == "clip":
-                clip = ClipEvent.model_validate(event)
-                on_clip(clip.clip, clip.clips)
+            if on_segment is not None and event.get("event") == "segment":
+                progress = SegmentEvent.model_validate(event)
+                on_segment(progress.segment, progress.segments)
 
         try:
             data = self._exchange(call.to_wire(), timeout + reply_grace_s(timeout), on_event)
@@ -336,10 +336,10 @@ class ServerRuntime:
         request: GenerationRequest,
         out_path: Path,
         features: AudioFeatures | None = None,
-        on_clip: Callable[[int, int], None] | None = None,
+        on_segment: Callable[[int, int], None] | None = None,
     ) -> GenerationResult:
         call = GenerateCall(request=request, output_path=Path(out_path), features=features, timeout_s=self.settings.generation_timeout_s)
-        reply = self.client.generate(call, on_clip=on_clip)
+        reply = self.client.generate(call, on_segment=on_segment)
         return GenerationResult.model_validate(reply.model_dump(include=set(GenerationResult.model_fields)))
 
 

@@ -1,7 +1,7 @@
 """One talking-head video from a portrait and a speech file, on the warm pipeline.
 
-Speech longer than one clip is made as several clips; the last 73 frames of what was generated so far
-carry over as the next clip's motion context, as in the official Wan2.2 S2V generate.
+Speech longer than one segment (80 frames on the real model) is made as several segments; the last 73 frames of what was generated so far
+carry over as the next segment's motion context, as in the official Wan2.2 S2V generate.
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from model_runtime.warm_cache import WarmModel
 from s2v.errors import GenerationCancelled, GenerationError, GenerationTimeout, InputError
 
 MOTION_FRAMES = 73  # fixed by Wan2.2-S2V (DiffSynth asserts it)
-DROP_FIRST_FRAMES = 3  # the first clip starts from empty motion context; its first frames are dropped
+DROP_FIRST_FRAMES = 3  # the first segment starts from empty motion context; its first frames are dropped
 _FEATURES_KEY = "audio_embeds"
 
 
 def encode_audio(model: WarmModel, audio_path: Path, out_path: Path, max_seconds: float | None = None) -> AudioFeatures:
-    """wav2vec2 features for every clip the speech needs, saved to `out_path` (safetensors).
+    """wav2vec2 features for every segment the speech needs, saved to `out_path` (safetensors).
 
     Takes its turn on the model like a generation: running beside one would only slow both down.
     """
@@ -40,27 +40,27 @@ def encode_audio(model: WarmModel, audio_path: Path, out_path: Path, max_seconds
 def _encode_audio_locked(model: WarmModel, audio_path: Path, out_path: Path, samples: np.ndarray) -> AudioFeatures:
     started = time.perf_counter()
     duration = len(samples) / AUDIO_SAMPLE_RATE
-    per_clip = model.loaded.frames_per_clip
+    per_segment = model.loaded.frames_per_segment
     frames = max(1, round(duration * FPS))
-    clips = math.ceil((frames + DROP_FIRST_FRAMES) / per_clip)
-    # Silence after the speech lets the encoder's bucketing cover the frames the first clip drops.
+    segments = math.ceil((frames + DROP_FIRST_FRAMES) / per_segment)
+    # Silence after the speech lets the encoder's bucketing cover the frames the first segment drops.
     padded = np.concatenate([samples, np.zeros(AUDIO_SAMPLE_RATE * (DROP_FIRST_FRAMES + 1) // FPS, np.float32)])
     pipe = model.pipe
     with torch.no_grad():
         buckets = pipe.audio_encoder.get_audio_feats_per_inference(
-            padded, AUDIO_SAMPLE_RATE, pipe.audio_processor, fps=FPS, batch_frames=per_clip,
+            padded, AUDIO_SAMPLE_RATE, pipe.audio_processor, fps=FPS, batch_frames=per_segment,
             dtype=pipe.torch_dtype, device=pipe.device,
         )
-    if len(buckets) < clips:
-        raise GenerationError(f"audio encoder made {len(buckets)} clip features for {clips} clips")
-    embeds = torch.cat(buckets[:clips], dim=0).to("cpu", torch.float32).contiguous()
+    if len(buckets) < segments:
+        raise GenerationError(f"audio encoder made features for {len(buckets)} segments; {segments} are needed")
+    embeds = torch.cat(buckets[:segments], dim=0).to("cpu", torch.float32).contiguous()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"checkpoint": str(model.checkpoint), "frames_per_clip": str(per_clip), "duration": repr(duration)}
+    meta = {"checkpoint": str(model.checkpoint), "frames_per_segment": str(per_segment), "duration": repr(duration)}
     save_file({_FEATURES_KEY: embeds}, str(out_path), metadata=meta)
     return AudioFeatures(
-        path=out_path, audio_path=Path(audio_path), duration=duration, frames=frames, clips=clips,
-        frames_per_clip=per_clip, checkpoint=str(model.checkpoint), encode_seconds=time.perf_counter() - started,
+        path=out_path, audio_path=Path(audio_path), duration=duration, frames=frames, segments=segments,
+        frames_per_segment=per_segment, checkpoint=str(model.checkpoint), encode_seconds=time.perf_counter() - started,
     )
 
 
@@ -73,7 +73,7 @@ def generate_video(
     features: AudioFeatures | None = None,
     timeout_s: float = 1800.0,
     max_audio_seconds: float | None = None,
-    on_clip: Callable[[int, int], None] | None = None,
+    on_segment: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], str | None] | None = None,
 ) -> GenerationResult:
     """Make the MP4 at `out_path` with the speech muxed in. Waits its turn on the model's lock.
@@ -90,14 +90,14 @@ def generate_video(
     image = fit_image(image, width, height)
     samples = load_speech(request.audio_path, max_seconds=max_audio_seconds) if features is None else None
     if features is not None and (
-        features.checkpoint != str(model.checkpoint) or features.frames_per_clip != model.loaded.frames_per_clip
+        features.checkpoint != str(model.checkpoint) or features.frames_per_segment != model.loaded.frames_per_segment
     ):
         raise GenerationError(f"audio features {features.path} were made for another checkpoint ({features.checkpoint})")
     seed = request.seed if request.seed is not None else random.randrange(2**32)
 
     with tempfile.TemporaryDirectory(prefix="s2v-gen-") as work:
         # The model is held for the model work only: writing and muxing the MP4 happen after it is
-        # released, so the next clip's generation does not wait on ffmpeg.
+        # released, so the next video's generation does not wait on ffmpeg.
         with model.generation_lock:
             started = time.perf_counter()
             deadline = started + timeout_s
@@ -105,7 +105,7 @@ def generate_video(
                 features = _encode_audio_locked(model, request.audio_path, Path(work) / "features.safetensors", samples)
             embeds = load_file(str(features.path))[_FEATURES_KEY]
             frames, pipeline_time = _generate_frames(
-                model, request, image, preset, embeds, features, seed, deadline, timeout_s, on_clip, should_stop
+                model, request, image, preset, embeds, features, seed, deadline, timeout_s, on_segment, should_stop
             )
             generation_time = time.perf_counter() - started
             model.generation_count += 1
@@ -129,7 +129,7 @@ def generate_video(
         fps=FPS,
         duration=round(len(frames) / FPS, 4),
         seed=seed,
-        clips=features.clips,
+        segments=features.segments,
         width=width,
         height=height,
         guidance_scale=request.guidance_scale,
@@ -150,11 +150,11 @@ def _preset(model: WarmModel, resolution: str) -> Preset:
 
 
 def _generate_frames(
-    model, request, image, preset, embeds, features, seed, deadline, timeout_s, on_clip, should_stop
+    model, request, image, preset, embeds, features, seed, deadline, timeout_s, on_segment, should_stop
 ) -> tuple[np.ndarray, float]:
     """(frames, seconds spent inside DiffSynth's pipeline calls)."""
     pipe = model.pipe
-    per_clip = features.frames_per_clip
+    per_segment = features.frames_per_segment
     motion_video = None  # the pipeline starts from empty motion context, as the official generate does
     motion = torch.zeros(1, 3, MOTION_FRAMES, image.height, image.width, dtype=pipe.torch_dtype, device=pipe.device)
     parts: list[np.ndarray] = []
@@ -171,14 +171,14 @@ def _generate_frames(
             yield t
 
     try:
-        for r in range(features.clips):
+        for r in range(features.segments):
             call_started = time.perf_counter()
-            clip = pipe(
+            segment = pipe(
                 prompt=request.prompt,
                 negative_prompt=request.negative_prompt,
                 input_image=image,
                 seed=seed,
-                num_frames=per_clip + 1,
+                num_frames=per_segment + 1,
                 height=image.height,
                 width=image.width,
                 audio_embeds=embeds[r:r + 1].to(pipe.device, pipe.torch_dtype),
@@ -190,16 +190,16 @@ def _generate_frames(
                 progress_bar_cmd=steps,
             )
             pipeline_time += time.perf_counter() - call_started
-            clip = clip[:, :, -per_clip:]
+            segment = segment[:, :, -per_segment:]
             if r == 0:
-                clip = clip[:, :, DROP_FIRST_FRAMES:]
-            overlap = min(MOTION_FRAMES, clip.shape[2])
+                segment = segment[:, :, DROP_FIRST_FRAMES:]
+            overlap = min(MOTION_FRAMES, segment.shape[2])
             # DiffSynth hands "floatpoint" frames back on the CPU; the motion context lives on the model's device.
-            motion = torch.cat([motion[:, :, overlap:], clip[:, :, -overlap:].to(motion.device, motion.dtype)], dim=2)
+            motion = torch.cat([motion[:, :, overlap:], segment[:, :, -overlap:].to(motion.device, motion.dtype)], dim=2)
             motion_video = motion
-            parts.append(_to_uint8(clip))
-            if on_clip:
-                on_clip(r + 1, features.clips)
+            parts.append(_to_uint8(segment))
+            if on_segment:
+                on_segment(r + 1, features.segments)
     except torch.cuda.OutOfMemoryError as exc:
         raise GenerationError(f"GPU out of memory at {image.width}x{image.height}: {exc}") from None
     frames = np.concatenate(parts)[: features.frames]
@@ -208,8 +208,8 @@ def _generate_frames(
     return frames, pipeline_time
 
 
-def _to_uint8(clip: torch.Tensor) -> np.ndarray:
+def _to_uint8(segment: torch.Tensor) -> np.ndarray:
     """(1, 3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
-    video = ((clip[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    video = ((segment[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return video.permute(1, 2, 3, 0).cpu().numpy()
 

@@ -43,7 +43,7 @@ class LoadedPipeline:
     load_seconds: float
 
     @property
-    def frames_per_clip(self) -> int:
+    def frames_per_segment(self) -> int:
         return self.files.tiny["frames_per_clip"] if self.files.is_tiny else 80
 
     @property

@@ -2,7 +2,7 @@
 
 Kept compatible with the seed: `health`, `status` and `generate` with the seed's fields, answered with
 the seed's fields. Additions: `encode_audio`, `shutdown`, more status fields, `error` / `error_type` /
-`field` on failure, and opt-in `{"event": "clip", ...}` progress lines before a generate's reply.
+`field` on failure, and opt-in `{"event": "segment", ...}` progress lines before a generate's reply.
 Light on purpose (pydantic only): clients and the RunPod handler load it without torch.
 """
 from __future__ import annotations
@@ -81,7 +81,7 @@ class GenerateCall(BaseModel):
     features: AudioFeatures | None = None  # made earlier by encode_audio; unset: encoded with the job
     # The caller's limit, counted from the request's arrival, so time waiting in the queue counts too.
     timeout_s: float | None = Field(None, gt=0)
-    progress: bool = False  # send a {"event": "clip"} line after each clip, before the reply
+    progress: bool = False  # send a {"event": "segment"} line after each segment, before the reply
 
     def to_wire(self) -> dict[str, Any]:
         extras = self.model_dump(mode="json", include=set(_GENERATE_OPTIONS), exclude_none=True, exclude_defaults=True)
@@ -189,10 +189,10 @@ class ShutdownReply(BaseModel):
     status: Literal["stopping"] = "stopping"
 
 
-class ClipEvent(BaseModel):
-    event: Literal["clip"] = "clip"
-    clip: int
-    clips: int
+class SegmentEvent(BaseModel):
+    event: Literal["segment"] = "segment"
+    segment: int
+    segments: int
 
 
 class ErrorReply(BaseModel):

@@ -75,25 +75,25 @@ def output_size(image_width: int, image_height: int, preset: Preset) -> tuple[in
 
 
 class AudioFeatures(BaseModel):
-    """wav2vec2 features of one speech file, saved as safetensors, split into the clips to generate."""
+    """wav2vec2 features of one speech file, saved as safetensors, split into the segments to generate."""
 
     path: Path
     audio_path: Path
     duration: float
     frames: int  # video frames that cover the speech
-    clips: int
-    frames_per_clip: int
+    segments: int  # 80-frame pieces the model makes one after another
+    frames_per_segment: int
     checkpoint: str
     encode_seconds: float
     warm_model: bool = True  # False when the model was loaded for this encoding
 
 
 class GenerationResult(BaseModel):
-    """The seed's result fields plus what a ledger needs to tell clips apart."""
+    """The original server's result fields plus what a ledger needs to tell videos apart."""
 
     video_path: Path
     poster_path: Path | None = None  # a JPEG of the middle frame beside the video
-    generation_time: float  # audio encoding + all clips, from the model's turn to the last frame
+    generation_time: float  # audio encoding (unless features came with the request) + all segments, from the model's turn to the last frame
     pipeline_time: float  # inside DiffSynth's pipeline calls only
     total_time: float
     video_size_mb: float
@@ -104,7 +104,7 @@ class GenerationResult(BaseModel):
     fps: int
     duration: float
     seed: int
-    clips: int
+    segments: int
     width: int
     height: int
     guidance_scale: float

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from model_runtime import protocol
 from model_runtime.protocol import (
-    ClipEvent, EncodeAudioReply, EncodeAudioRequest, GenerateCall, GenerateReply, HealthReply,
+    SegmentEvent, EncodeAudioReply, EncodeAudioRequest, GenerateCall, GenerateReply, HealthReply,
     HealthRequest, ServerState, ShutdownReply, ShutdownRequest, StatusReply, StatusRequest, error_reply,
 )
 from model_runtime.request import input_error_from
@@ -405,10 +405,10 @@ class ModelServer:
                 raise GenerationTimeout(f"the request waited {waited:.1f} s in the queue, past its {call.timeout_s:g} s limit; it was not started")
             left = min(settings.generation_timeout_s, call.timeout_s - waited)
             settings = settings.model_copy(update={"generation_timeout_s": left})
-        on_clip = (lambda clip, clips: self._send(job.conn, ClipEvent(clip=clip, clips=clips))) if call.progress else None
+        on_segment = (lambda done, total: self._send(job.conn, SegmentEvent(segment=done, segments=total))) if call.progress else None
         started_at = time.time()
         result = InProcessRuntime(settings, self._model.checkpoint).generate(
-            call.request, call.output_path or self._default_output(), features=call.features, on_clip=on_clip,
+            call.request, call.output_path or self._default_output(), features=call.features, on_segment=on_segment,
         )
         self.generation_count += 1
         return GenerateReply(

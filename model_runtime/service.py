@@ -30,7 +30,7 @@ class InProcessRuntime:
         request: GenerationRequest,
         out_path: Path,
         features: AudioFeatures | None = None,
-        on_clip: Callable[[int, int], None] | None = None,
+        on_segment: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], str | None] | None = None,
     ) -> GenerationResult:
         from model_runtime.generate import generate_video
@@ -40,5 +40,5 @@ class InProcessRuntime:
         return generate_video(
             model, request, Path(out_path), warm=warm, features=features,
             timeout_s=self.settings.generation_timeout_s, max_audio_seconds=self.settings.max_audio_seconds,
-            on_clip=on_clip, should_stop=should_stop,
+            on_segment=on_segment, should_stop=should_stop,
         )

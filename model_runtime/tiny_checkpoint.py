@@ -32,7 +32,7 @@ DIT = dict(
     patch_size=[1, 2, 2], num_heads=2, num_layers=2, cond_dim=16, audio_dim=AUDIO_ENCODER["hidden_size"],
     num_audio_token=4, audio_inject_layers=[0, 1],
 )
-FRAMES_PER_CLIP = 16
+FRAMES_PER_SEGMENT = 16
 # The seed's preset names, scaled down: a manifest that asks for 480p runs unchanged on this checkpoint.
 PRESETS = {
     "tiny": {"max_area": 80 * 80, "shift": 3.0},
@@ -105,7 +105,7 @@ def _write(root: Path, seed: int) -> None:
             "text_encoder": TEXT_ENCODER,
             "vae": VAE,
             "audio_encoder": AUDIO_ENCODER,
-            "frames_per_clip": FRAMES_PER_CLIP,
+            "frames_per_clip": FRAMES_PER_SEGMENT,
             "presets": PRESETS,
         },
     }

@@ -23,7 +23,7 @@ def test_generate_prints_the_result_record(tiny_checkpoint, tmp_path, portrait, 
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
     for field in ("video_path", "generation_time", "total_time", "video_size_mb", "resolution", "sample_steps",
-                  "warm_model", "frames", "fps", "duration", "seed", "clips"):
+                  "warm_model", "frames", "fps", "duration", "seed", "segments"):
         assert field in record, field
     assert out.is_file() and record["video_path"] == str(out)
 

@@ -56,13 +56,13 @@ def test_video_has_h264_and_aac_and_matches_the_speech(first_result, speech):
     assert result.video_size_mb > 0 and result.tiny_checkpoint
 
 
-def test_speech_longer_than_a_clip_makes_several_clips(first_result, tiny_checkpoint):
+def test_speech_longer_than_a_segment_makes_several_segments(first_result, tiny_checkpoint):
     import json
 
-    per_clip = json.loads((tiny_checkpoint / "config.json").read_text())["s2v_tiny"]["frames_per_clip"]
+    per_segment = json.loads((tiny_checkpoint / "config.json").read_text())["s2v_tiny"]["frames_per_clip"]
     result, _ = first_result
-    assert result.frames > per_clip
-    assert result.clips == -(-(result.frames + 3) // per_clip)
+    assert result.frames > per_segment
+    assert result.segments == -(-(result.frames + 3) // per_segment)
 
 
 def test_second_request_is_warm_and_does_not_reload(first_result, runtime, portrait, short_speech, tmp_path):
@@ -92,9 +92,9 @@ def test_concurrent_first_requests_load_once(tiny_checkpoint, tmp_path, monkeypa
 
 def test_audio_features_saved_then_used(runtime, portrait, short_speech, tmp_path):
     features = runtime.encode_audio(short_speech, tmp_path / "feat.safetensors")
-    assert features.path.is_file() and features.clips >= 1
+    assert features.path.is_file() and features.segments >= 1
     result = runtime.generate(_request(portrait, short_speech), tmp_path / "c.mp4", features=features)
-    assert result.clips == features.clips and result.frames == features.frames
+    assert result.segments == features.segments and result.frames == features.frames
 
 
 def test_undecodable_image(runtime, tmp_path, short_speech):

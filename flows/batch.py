@@ -22,7 +22,8 @@ from flows.report import publish_batch_artifacts
 from model_runtime.request import GenerationOptions, Resolution
 from s2v.errors import ManifestError
 from s2v.settings import Settings
-from tasks.storage import output_location, put_output, read_output_text
+from s2v.storage.locations import output_location
+from s2v.storage.outputs import put_output, read_output_text
 
 MANIFEST_COPY = "manifest.csv"
 BATCH_PARAMETERS = "batch.json"

@@ -10,7 +10,8 @@ import posixpath
 from datetime import datetime, timezone
 
 from s2v.settings import Settings
-from tasks.storage import is_s3, s3_filesystem
+from s2v.storage.locations import is_s3
+from s2v.storage.outputs import filesystem
 
 PROCESSING, DONE, FAILED = "processing", "done", "failed"
 
@@ -18,14 +19,8 @@ PROCESSING, DONE, FAILED = "processing", "done", "failed"
 class Inbox:
     def __init__(self, location: str, settings: Settings):
         self.s3 = is_s3(location)
-        if self.s3:
-            self.fs = s3_filesystem(settings)
-            self.root = location.removeprefix("s3://").rstrip("/")
-        else:
-            import fsspec
-
-            self.fs = fsspec.filesystem("file")
-            self.root = str(self.fs._strip_protocol(location)).rstrip("/")
+        self.fs, root = filesystem(location, settings)
+        self.root = root.rstrip("/")
 
     def uri(self, path: str) -> str:
         return f"s3://{path}" if self.s3 else path

@@ -23,7 +23,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from s2v.settings import Settings, get_settings
-from tasks.storage import exists, is_s3, output_location, put_output, read_output_text
+from s2v.storage.locations import is_s3, output_location
+from s2v.storage.outputs import exists, put_output, read_output_text
 
 log = logging.getLogger(__name__)
 

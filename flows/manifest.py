@@ -26,7 +26,9 @@ from pydantic import BaseModel, Field, ValidationError
 from model_runtime.request import GenerationOptions, input_error_from
 from s2v.errors import InputError, ManifestError
 from s2v.settings import Settings, get_settings
-from tasks.storage import check_key, check_scheme, read_text, redact, stable_uri
+from s2v.storage.fetch import read_text
+from s2v.storage.locations import check_key, check_scheme
+from s2v.storage.redaction import redact, stable_uri
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ class ClipRow(ClipOptions):  # type: ignore[misc, valid-type]
     """One valid manifest row with its options resolved (row value, else flow default).
 
     `image` and `audio` are the URIs as given and may carry credentials: show them through
-    `tasks.storage.redact`, never as they are (they are left out of repr for that reason).
+    `s2v.storage.redaction.redact`, never as they are (they are left out of repr for that reason).
     """
 
     row: int

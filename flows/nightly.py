@@ -14,7 +14,7 @@ from flows.logs import hide_input_error_tracebacks
 from flows.scale_out import scale_out
 from model_runtime.request import GenerationOptions
 from s2v.errors import S2VError
-from tasks.storage import output_location
+from s2v.storage.locations import output_location
 
 
 @flow(name="s2v-nightly")

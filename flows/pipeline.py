@@ -26,7 +26,7 @@ from s2v.settings import Settings
 from tasks.download import DownloadedInputs, download_inputs
 from tasks.encode import encode_audio
 from tasks.generate import generate_video
-from tasks.storage import output_location
+from s2v.storage.locations import output_location
 from tasks.upload import upload_video
 
 

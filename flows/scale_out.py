@@ -22,7 +22,7 @@ from flows.logs import hide_input_error_tracebacks
 from flows.manifest import OPTION_COLUMNS, ClipRow, manifest_text, parse_manifest
 from flows.report import publish_batch_artifacts
 from model_runtime.request import GenerationOptions
-from tasks.storage import output_location
+from s2v.storage.locations import output_location
 
 SHARD_DEPLOYMENT = "s2v-batch/batch"
 _SHARD_COLUMNS = ("clip_id", "image", "audio", *OPTION_COLUMNS, "output_name")

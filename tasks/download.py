@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from s2v.errors import InputError
 from s2v.settings import Settings, get_settings
 from tasks.io_retries import IO_TASK_OPTIONS
-from tasks.storage import FetchedInput, fetch_input
+from s2v.storage.fetch import FetchedInput, fetch_input
 
 MIN_AUDIO_SECONDS = 0.1
 

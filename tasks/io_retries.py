@@ -4,7 +4,7 @@ from __future__ import annotations
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from tasks.storage import retry_on_transient
+from s2v.storage.transient import retry_on_transient
 
 IO_TASK_OPTIONS = dict(
     retries=3,

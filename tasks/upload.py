@@ -8,7 +8,8 @@ from prefect.logging import get_run_logger
 
 from s2v.settings import Settings, get_settings
 from tasks.io_retries import IO_TASK_OPTIONS
-from tasks.storage import output_location, put_output
+from s2v.storage.locations import output_location
+from s2v.storage.outputs import put_output
 
 
 @task(name="upload-video", **IO_TASK_OPTIONS)
@@ -21,7 +22,7 @@ def upload_video(
 ) -> str:
     """Put `video_path` at `output`/`key` (default `settings.output`) and return the URL to hand out.
 
-    Retried only on transient storage errors. `tasks.storage.output_location(output, key)` gives
+    Retried only on transient storage errors. `s2v.storage.locations.output_location(output, key)` gives
     the stored location for the ledger (the URL may be presigned and expire).
     """
     settings = settings or get_settings()

@@ -13,8 +13,12 @@ from botocore.exceptions import ClientError
 
 from s2v.errors import InputError, TransientError
 from s2v.settings import Settings
-from tasks import storage
-from tasks.storage import fetch_input, is_transient, put_output, read_text, redact, retry_on_transient
+from s2v.storage import http_guard
+from s2v.storage.fetch import FetchedInput, fetch_input, read_text
+from s2v.storage.outputs import filesystem, put_output
+from s2v.storage.redaction import redact
+from s2v.storage.s3 import s3_filesystem
+from s2v.storage.transient import is_transient, retry_on_transient
 from tests.conftest import EXAMPLES
 from tests.servers import PORTRAIT, SECRET, SPEECH, FileServer
 
@@ -166,7 +170,7 @@ def test_connection_goes_to_the_checked_address(tmp_path, http_server, monkeypat
 
     monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
     # Treat loopback as public here: only this way can a pinned request reach a loopback server.
-    monkeypatch.setattr(storage, "_non_public_kind", lambda address: None)
+    monkeypatch.setattr(http_guard, "_non_public_kind", lambda address: None)
     fetched = fetch_input(http_server.url("/portrait.jpg", host="media.example.test"), tmp_path / "w", "image",
                           make_settings(tmp_path, allowed_hosts=[]))
     assert fetched.path.read_bytes() == PORTRAIT
@@ -255,31 +259,29 @@ def test_s3_inputs_are_read_with_the_endpoint(tmp_path, s3_endpoint):
     with pytest.raises(InputError, match="over the 0.01 MB limit"):
         fetch_input("s3://media-in/clips/speech.wav", tmp_path / "w", "audio", make_settings(
             tmp_path, s3_endpoint_url=s3_endpoint, max_audio_mb=0.01))
-    fs = storage.s3_filesystem(settings)
+    fs = s3_filesystem(settings)
     assert fs.s3.meta.config.request_checksum_calculation == "when_required"
 
 
-def test_s3_client_carries_r2_checksum_settings(tmp_path):
-    client = storage.make_s3_client(make_settings(tmp_path, s3_endpoint_url="https://acct.r2.cloudflarestorage.com"))
+def test_s3_client_carries_r2_checksum_settings_and_leaves_retries_to_prefect(tmp_path):
+    fs = s3_filesystem(make_settings(tmp_path, s3_endpoint_url="https://acct.r2.cloudflarestorage.com"))
+    fs.connect()
+    client = fs.s3
+    assert fs.retries == 1 and client.meta.config.retries["total_max_attempts"] == 1
     assert client.meta.config.request_checksum_calculation == "when_required"
     assert client.meta.config.response_checksum_validation == "when_required"
     assert client.meta.config.signature_version == "s3v4"
     assert client.meta.endpoint_url == "https://acct.r2.cloudflarestorage.com"
 
 
-def test_put_output_to_s3_sets_content_type_and_presigns(tmp_path, s3_endpoint, monkeypatch):
+def test_put_output_to_s3_sets_content_type_and_presigns(tmp_path, s3_endpoint):
     sent_headers = []
-    make_client = storage.make_s3_client
-
-    def watched_client(settings):
-        client = make_client(settings)
-        client.meta.events.register("before-send.s3.PutObject", lambda request, **_: sent_headers.append(dict(request.headers)))
-        return client
-
-    monkeypatch.setattr(storage, "make_s3_client", watched_client)
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"\0\0\0\x18ftypmp42" + b"x" * 1000)
     settings = make_settings(tmp_path, s3_endpoint_url=s3_endpoint)
+    fs, _ = filesystem("s3://media-out/batch-1", settings)  # fsspec hands put_output this same instance
+    fs.connect()
+    fs.s3.meta.events.register("before-send.s3.PutObject", lambda request, **_: sent_headers.append(dict(request.headers)))
     url = put_output(video, "s3://media-out/batch-1", "clips/a.mp4", settings)
     head = boto3.client("s3", endpoint_url=s3_endpoint).head_object(Bucket="media-out", Key="batch-1/clips/a.mp4")
     assert head["ContentType"] == "video/mp4"
@@ -298,13 +300,10 @@ def test_put_output_refuses_unsafe_keys(tmp_path):
 
 
 def test_big_outputs_go_multipart(tmp_path, s3_endpoint):
-    from boto3.s3.transfer import TransferConfig
-
     video = tmp_path / "long.mp4"
     video.write_bytes(b"v" * (11 * 1024 * 1024))
     settings = make_settings(tmp_path, s3_endpoint_url=s3_endpoint, public_base_url="https://cdn.example.com")
-    transfer = TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024)
-    url = put_output(video, "s3://media-out/batch-2", "long.mp4", settings, transfer=transfer)
+    url = put_output(video, "s3://media-out/batch-2", "long.mp4", settings, part_bytes=5 * 1024 * 1024)
     assert url == "https://cdn.example.com/batch-2/long.mp4"
     head = boto3.client("s3", endpoint_url=s3_endpoint).head_object(Bucket="media-out", Key="batch-2/long.mp4")
     assert head["ETag"].strip('"').endswith("-3")  # three parts
@@ -380,8 +379,8 @@ def test_upload_task_returns_presigned_url(tmp_path, s3_endpoint, prefect_harnes
 # Decode checks of the download stage ------------------------------------------------------------------------
 
 
-def fetched(path: Path, field: str) -> "storage.FetchedInput":
-    return storage.FetchedInput(field=field, source=f"https://h.example/{path.name}", path=path, sha256="0" * 64,
+def fetched(path: Path, field: str) -> FetchedInput:
+    return FetchedInput(field=field, source=f"https://h.example/{path.name}", path=path, sha256="0" * 64,
                                 size_bytes=path.stat().st_size, seconds=0.0)
 
 

@@ -49,7 +49,7 @@ def handler(job: dict) -> dict:
 
 def _handle(job_input: object, started: float) -> dict:
     from model_runtime.request import GenerationOptions, GenerationRequest
-    from tasks.storage import put_output
+    from s2v.storage.outputs import put_output
 
     if not isinstance(job_input, dict):
         raise InputError("input", job_input, "must be a JSON object")
@@ -89,7 +89,7 @@ def _handle(job_input: object, started: float) -> dict:
 def _fetch(job_input: dict, work: Path, settings: Settings) -> tuple[Path, Path]:
     """The download stage's steps (tasks/download.py) without its Prefect task wrapper."""
     from tasks.download import check_audio, check_image
-    from tasks.storage import fetch_input
+    from s2v.storage.fetch import fetch_input
 
     image = fetch_input(job_input["image_url"], work / "inputs", "image_url", settings)
     audio = fetch_input(job_input["audio_url"], work / "inputs", "audio_url", settings)

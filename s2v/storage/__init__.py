@@ -1,0 +1,13 @@
+"""Storage: reading the pipeline's inputs and writing its outputs (local folders, http(s), S3, Cloudflare R2).
+
+The ground floor beside settings and errors: flows, tasks, the ledger, the inbox and the RunPod handler
+all use it, and it imports neither Prefect nor torch.
+
+- `locations`: what a URI is (scheme, s3 bucket/key, safe output keys) and where a key lives.
+- `redaction`: showing URIs without the credentials they may carry.
+- `transient`: which failures are worth retrying (the one retry policy lives in tasks/io_retries.py).
+- `http_guard`: the SSRF guard for user-supplied URLs (public addresses only, DNS pinned).
+- `fetch`: inputs, size-capped and hashed as they stream, into a work folder.
+- `s3`: the one S3 stack (s3fs) with the settings S3 and R2 both accept.
+- `outputs`: writes, reads and listings at an output location, through fsspec.
+"""

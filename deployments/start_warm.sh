@@ -3,9 +3,12 @@
 # says ready, then start a Prefect process worker on the GPU pool. SIGTERM/SIGINT stop both cleanly.
 # Runs as a container entrypoint or a systemd service (Type=simple, KillSignal=SIGTERM); logs to stdout.
 #
-# Environment: PREFECT_API_URL, S2V_CHECKPOINT, S2V_MODEL_SERVER (socket), S2V_OUTPUT, S2V_WORKER_NAME
-# (default the host name), S2V_WORK_POOL (default s2v-gpu), S2V_SERVER_READY_TIMEOUT_S (default 1800:
-# loading the 14B model takes minutes). S2V_BIN and PREFECT_BIN name the commands (tests swap them).
+# Environment: PREFECT_API_URL, S2V_CHECKPOINT (required: the Wan2.2-S2V-14B folder, or "tiny" for the
+# random-weight test model), S2V_MODEL_SERVER (socket), S2V_OUTPUT, S2V_WORKER_NAME (default the host
+# name), S2V_WORK_POOL (default s2v-gpu), S2V_WORKER_LIMIT (flow runs at once, default 2: one generates
+# while the next downloads; the model server's queue runs one job at a time), S2V_SERVER_READY_TIMEOUT_S
+# (default 1800: loading the 14B model takes minutes). S2V_BIN and PREFECT_BIN name the commands (tests
+# swap them).
 set -euo pipefail
 
 S2V_BIN=${S2V_BIN:-s2v}
@@ -13,11 +16,24 @@ PREFECT_BIN=${PREFECT_BIN:-prefect}
 SOCKET=${S2V_MODEL_SERVER:-/tmp/wan2_s2v_model_server.sock}
 POOL=${S2V_WORK_POOL:-s2v-gpu}
 WORKER=${S2V_WORKER_NAME:-${HOSTNAME:-s2v-gpu-worker}}
+LIMIT=${S2V_WORKER_LIMIT:-2}
 READY_TIMEOUT=${S2V_SERVER_READY_TIMEOUT_S:-1800}
-# The flow runs the worker starts must reach this server, and the ledger records this worker's name.
-export S2V_MODEL_SERVER=$SOCKET S2V_WORKER_NAME=$WORKER
+# The flow runs the worker starts must reach this server, record this worker's name, and send the
+# heartbeats by which a run of a host that died is found and handed out again (30 s: Prefect's least).
+export S2V_MODEL_SERVER=$SOCKET S2V_WORKER_NAME=$WORKER PREFECT_FLOWS_HEARTBEAT_FREQUENCY=${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}
 
 log() { echo "start_warm: $*"; }
+
+# A GPU host without its model would make a night of noise marked succeeded: refuse to start.
+checkpoint=${S2V_CHECKPOINT:-}
+if [ -z "$checkpoint" ]; then
+  log "error: S2V_CHECKPOINT is not set; set it to the Wan2.2-S2V-14B checkpoint folder (or S2V_CHECKPOINT=tiny for the random-weight test model)"
+  exit 2
+fi
+if [ "$checkpoint" != "tiny" ] && [ ! -d "$checkpoint" ]; then
+  log "error: S2V_CHECKPOINT=$checkpoint is not a folder; is the model volume mounted?"
+  exit 2
+fi
 
 server_pid=""
 worker_pid=""
@@ -74,8 +90,8 @@ while poll_server; do
 done
 log "model server ready; starting worker $WORKER on pool $POOL"
 
-# --limit 1: one flow run at a time per GPU; the model server queues what arrives meanwhile.
-"$PREFECT_BIN" worker start --pool "$POOL" --type process --name "$WORKER" --limit 1 2>&1 &
+# --limit 2: the next row downloads while one generates; the model server queues the GPU work.
+"$PREFECT_BIN" worker start --pool "$POOL" --type process --name "$WORKER" --limit "$LIMIT" 2>&1 &
 worker_pid=$!
 
 # Whichever ends first ends the host: a worker without a model (or the reverse) is no use.

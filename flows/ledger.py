@@ -1,20 +1,31 @@
-"""The batch's results ledger: one record per manifest row, appended as each row ends.
+"""The results ledger of an output location: write-once records, merged on read.
 
-`results.jsonl` is the ledger; `results.csv` is a copy for people and spreadsheets. Both live at the
-batch's output location: a local folder, or an s3:// prefix. S3 has no append, so for S3 the
-writer keeps a working copy in a local folder and uploads both files after every append. Local
-appends are flushed and fsynced, so a crash mid-batch loses no finished row; a torn last line is
-skipped on load. Within one ledger the latest record of a clip wins.
+At an output location (a local folder or an s3:// prefix):
+
+    ledger/<clip_id>/<finished>-<writer>-<n>.json   one record per object, written once, never rewritten
+    results.jsonl, results.csv                       a compacted view of every record, for people and tools
+
+Many runs on many hosts append to one output at once (a fleet's row runs, two `s2v run`s, a UI clip):
+each record is its own object, so no writer can erase another's, and appending costs one small write
+whatever the ledger's size. Readers merge: the view, plus the record objects the view does not hold yet,
+plus (on this machine) records that could not be uploaded yet. Any run may rewrite the view
+(`compact`) without losing a record it did not read, because the objects stay. Grouping records by clip
+lets a row read its own history (resume, attempts) with one small listing.
+
+Within a ledger the latest record of a clip wins (by `finished_at`, then record id).
 """
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
+import itertools
 import logging
 import os
+import posixpath
 import socket
 import threading
+import uuid
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,16 +33,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from s2v.settings import Settings, get_settings
+from s2v.settings import Settings
 from s2v.storage.locations import is_s3, output_location
-from s2v.storage.outputs import exists, put_output, read_output_text
+from s2v.storage.outputs import exists, filesystem, read_output_text, write_output_text
+from s2v.storage.transient import transient_as
 
 log = logging.getLogger(__name__)
 
 JSONL_NAME = "results.jsonl"
 CSV_NAME = "results.csv"
+RECORDS_FOLDER = "ledger"
 
-Status = Literal["succeeded", "failed", "skipped"]
+Status = Literal["succeeded", "failed", "skipped", "interrupted"]
+# Statuses a retry takes up: the row did not end with a video.
+RETRYABLE: frozenset[str] = frozenset({"failed", "interrupted"})
 
 
 class LedgerRecord(BaseModel):
@@ -45,6 +60,7 @@ class LedgerRecord(BaseModel):
     error: str | None = None
     url: str | None = None
     output_uri: str | None = None
+    poster_url: str | None = None
     download_s: float | None = None
     encode_s: float | None = None
     generate_s: float | None = None
@@ -54,38 +70,54 @@ class LedgerRecord(BaseModel):
     total_time: float | None = None
     video_size_mb: float | None = None
     warm_model: bool | None = None
+    tiny_checkpoint: bool | None = None  # True: a random-weight test model made this video (noise)
+    checkpoint: str | None = None
+    width: int | None = None
+    height: int | None = None
+    duration: float | None = None
+    frames: int | None = None
+    segments: int | None = None
     resolution: str | None = None
+    size: str | None = None
+    mode: str | None = None
     sample_steps: int | None = None
+    sample_shift: float | None = None
+    guidance_scale: float | None = None
     seed: int | None = None
+    lora: str | None = None
+    lora_strength: float | None = None
+    max_segments: int | None = None
+    start_from_ref: bool | None = None
+    pose_video: str | None = None
     attempts: int = 1
     image_sha256: str | None = None
     audio_sha256: str | None = None
     options_hash: str | None = None
+    # A finished video whose upload failed stays on its worker; retry uploads it instead of generating again.
+    kept_video: str | None = None
+    video_sha256: str | None = None
+    manifest: str | None = None  # id of the manifest copy under manifests/ that this row came from
     worker: str = Field(default_factory=socket.gethostname)
     finished_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    record_id: str | None = None  # the record's object name; None for records of older ledgers
+
+    @property
+    def order(self) -> tuple[datetime, str]:
+        return (self.finished_at, self.record_id or "")
 
 
 COLUMNS = tuple(LedgerRecord.model_fields)
 
 
 class Ledger:
-    """The records of one or more runs over a manifest, oldest first."""
+    """The records of an output location, oldest first."""
 
     def __init__(self, records: Iterable[LedgerRecord] = ()):
-        self.records: list[LedgerRecord] = list(records)
+        self.records: list[LedgerRecord] = sorted(records, key=lambda record: record.order)
 
     @classmethod
     def from_jsonl(cls, text: str) -> "Ledger":
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(LedgerRecord.model_validate_json(line))
-            except ValidationError:
-                # A crash can tear the last line; a hand-edited ledger can hold anything.
-                log.warning("ledger line %d is not a record and was skipped", number)
-        return cls(records)
+        return cls(_parse_lines(text.splitlines(), "results.jsonl"))
 
     def to_jsonl(self) -> str:
         return "".join(record.model_dump_json() + "\n" for record in self.records)
@@ -101,157 +133,185 @@ class Ledger:
         """The last record of each clip, by clip id."""
         return {record.clip_id: record for record in self.records}
 
-    def find_done(
-        self,
-        clip_id: str,
-        image_sha256: str,
-        audio_sha256: str,
-        options_hash: str,
-        settings: Settings | None = None,
-    ) -> LedgerRecord | None:
-        """The newest succeeded record of `clip_id` made from the same inputs and options whose video
-        is still where it was stored; None when the clip must be (re)made."""
-        settings = settings or get_settings()
-        for record in reversed(self.records):
-            if (
-                record.clip_id == clip_id
-                and record.status == "succeeded"
-                and (record.image_sha256, record.audio_sha256, record.options_hash) == (image_sha256, audio_sha256, options_hash)
-                and record.output_uri
-                and exists(record.output_uri, settings)
-            ):
-                return record
-        return None
-
-    def failed_rows(self) -> list[LedgerRecord]:
-        """Clips whose latest record failed, in manifest order: what a retry-failed run takes up."""
-        failed = [record for record in self.latest().values() if record.status == "failed"]
-        return sorted(failed, key=lambda record: (record.row is None, record.row or 0))
+    def retryable(self) -> list[LedgerRecord]:
+        """Clips whose latest record failed or was interrupted, in row order: what a retry takes up."""
+        found = [record for record in self.latest().values() if record.status in RETRYABLE]
+        return sorted(found, key=lambda record: (record.row is None, record.row or 0, record.clip_id))
 
     def counts(self) -> dict[str, int]:
         """How many clips ended in each status (latest record per clip)."""
-        counts = {"succeeded": 0, "failed": 0, "skipped": 0}
+        counts = dict.fromkeys(("succeeded", "failed", "skipped", "interrupted"), 0)
         for record in self.latest().values():
             counts[record.status] += 1
         return counts
 
-
-def merge_ledgers(ledgers: Iterable[Ledger]) -> Ledger:
-    """One ledger from shard ledgers: every record, ordered by `finished_at`, so the latest wins."""
-    records = [record for ledger in ledgers for record in ledger.records]
-    # sorted() is stable: records finished at the same instant keep the order they were given in.
-    return Ledger(sorted(records, key=lambda record: record.finished_at))
+    def attempts(self, clip_id: str) -> int:
+        """Runs that worked on `clip_id` so far (a skip is no attempt)."""
+        return sum(1 for record in self.records if record.clip_id == clip_id and record.status != "skipped")
 
 
-def load_ledger(location: str, settings: Settings | None = None) -> Ledger:
-    """The ledger at an output `location` (local folder or s3://bucket/prefix); empty when none."""
-    settings = settings or get_settings()
-    text = read_output_text(output_location(location, JSONL_NAME), settings)
-    return Ledger.from_jsonl(text or "")
+class LedgerStore:
+    """The ledger at `output`: appends from any number of threads, processes and hosts; merged reads.
 
-
-def write_ledger(ledger: Ledger, location: str, settings: Settings | None = None) -> None:
-    """Write `ledger` as results.jsonl and results.csv at `location`, replacing what is there."""
-    settings = settings or get_settings()
-    folder = _working_folder(location, settings)
-    _write_atomically(folder / JSONL_NAME, ledger.to_jsonl())
-    _write_atomically(folder / CSV_NAME, ledger.to_csv())
-    if is_s3(location):
-        _upload(folder, location, settings)
-
-
-class LedgerWriter:
-    """Appends records to the ledger at `location` as rows end; safe to call from many threads.
-
-    For an s3:// location the working copy lives in `work_dir` (default: a folder under
-    `settings.cache_dir` named after the location). On opening, records already at the location
-    are kept, and so are records in the working copy that a crash kept from being uploaded.
+    For an s3:// output a record is first written to a spool folder on this machine, then uploaded;
+    one that cannot be uploaded now stays there (readers on this machine still see it) and goes up
+    with a later append or `flush()`. A local output is written to directly.
     """
 
-    def __init__(self, location: str, settings: Settings | None = None, work_dir: Path | None = None):
-        self.location = location
-        self.settings = settings or get_settings()
-        self.folder = Path(work_dir) if work_dir is not None else _working_folder(location, self.settings)
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def __init__(self, output: str, settings: Settings):
+        self.output = output
+        self.settings = settings
+        self.remote = is_s3(output)
+        self.spool = _spool_folder(output, settings) if self.remote else None
+        self._writer = uuid.uuid4().hex[:12]
+        self._sequence = itertools.count(1)
         self._lock = threading.Lock()
-        self.ledger = self._open()
 
-    @property
-    def jsonl_path(self) -> Path:
-        return self.folder / JSONL_NAME
+    # ---- writing ------------------------------------------------------------------------------------
 
-    @property
-    def csv_path(self) -> Path:
-        return self.folder / CSV_NAME
-
-    def append(self, record: LedgerRecord) -> None:
-        """Write `record` durably (fsync) to both files, then upload them when the location is S3.
-
-        A failed upload is logged, not raised: the next append or `sync()` uploads everything."""
+    def append(self, record: LedgerRecord) -> LedgerRecord:
+        """Store `record` once, durably; returns it with its record id. Never rewrites anything."""
         with self._lock:
-            _append_line(self.jsonl_path, record.model_dump_json() + "\n")
-            buffer = io.StringIO()
-            csv.DictWriter(buffer, fieldnames=COLUMNS).writerow(_csv_row(record))
-            _append_line(self.csv_path, buffer.getvalue())
-            self.ledger.records.append(record)
-            if is_s3(self.location):
-                try:
-                    self._sync_locked()
-                except Exception as exc:
-                    # The record is safe on local disk and goes up with the next append or `sync()`;
-                    # a storage hiccup must not fail a row that is already done.
-                    log.warning("ledger upload to %s failed (%s); will retry", self.location, type(exc).__name__)
+            number = next(self._sequence)
+        record = record.model_copy(update={
+            "record_id": f"{record.finished_at.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{self._writer}-{number:06d}",
+        })
+        key = _record_key(record)
+        text = record.model_dump_json()
+        if not self.remote:
+            _write_durably(Path(output_location(self.output, key)), text)
+            return record
+        _write_durably(self.spool / key, text)
+        self._upload_spooled(self.spool / key, key)
+        return record
 
-    def sync(self) -> None:
-        """Upload the working copy now (S3 locations); raises if it cannot. Call when the batch ends."""
-        with self._lock:
-            if is_s3(self.location):
-                self._sync_locked()
+    def flush(self) -> int:
+        """Upload every spooled record of this output; returns how many are still waiting."""
+        if not self.remote:
+            return 0
+        waiting = 0
+        for path in sorted(self.spool.glob(f"{RECORDS_FOLDER}/*/*.json")):
+            if not self._upload_spooled(path, path.relative_to(self.spool).as_posix()):
+                waiting += 1
+        return waiting
 
-    def _sync_locked(self) -> None:
-        # Called under the lock, so an older upload can never land after a newer one.
-        _upload(self.folder, self.location, self.settings)
+    def _upload_spooled(self, path: Path, key: str) -> bool:
+        try:
+            write_output_text(output_location(self.output, key), path.read_text(encoding="utf-8"), self.settings,
+                              content_type="application/json")
+        except Exception as exc:
+            # The record is safe on this machine; a storage hiccup must not fail a row that is done.
+            log.warning("ledger record %s not uploaded to %s yet (%s); it stays in %s", key, self.output,
+                        type(exc).__name__, self.spool)
+            return False
+        path.unlink(missing_ok=True)
+        return True
 
-    def _open(self) -> Ledger:
-        local_text = self.jsonl_path.read_text(encoding="utf-8") if self.jsonl_path.exists() else ""
-        ledger = Ledger.from_jsonl(local_text)
-        if is_s3(self.location):
-            remote = load_ledger(self.location, self.settings)
-            known = {record.model_dump_json() for record in remote.records}
-            unsent = [record for record in ledger.records if record.model_dump_json() not in known]
-            ledger = merge_ledgers([remote, Ledger(unsent)])
-        # Rewritten whole: drops a torn last line and brings the CSV copy in step with the JSONL.
-        _write_atomically(self.jsonl_path, ledger.to_jsonl())
-        _write_atomically(self.csv_path, ledger.to_csv())
+    # ---- reading ------------------------------------------------------------------------------------
+
+    def clip_records(self, clip_id: str) -> list[LedgerRecord]:
+        """Every record of one clip (its resume and attempt history), oldest first; cost: one listing."""
+        folder = output_location(self.output, f"{RECORDS_FOLDER}/{clip_id}")
+        records = _read_objects(folder, self.settings, recursive=False)
+        records += self._spooled(f"{RECORDS_FOLDER}/{clip_id}/*.json")
+        return Ledger(_unique(records)).records
+
+    def read(self) -> Ledger:
+        """Every record: the view, the record objects it does not hold yet, and this machine's spool."""
+        view = Ledger.from_jsonl(read_output_text(output_location(self.output, JSONL_NAME), self.settings) or "")
+        seen = {record.record_id for record in view.records if record.record_id}
+        folder = output_location(self.output, RECORDS_FOLDER)
+        newer = _read_objects(folder, self.settings, recursive=True, skip=seen)
+        return Ledger(_unique([*view.records, *newer, *self._spooled(f"{RECORDS_FOLDER}/*/*.json")]))
+
+    def compact(self) -> Ledger:
+        """Rewrite results.jsonl and results.csv from everything `read` finds; returns that ledger."""
+        self.flush()
+        ledger = self.read()
+        write_output_text(output_location(self.output, JSONL_NAME), ledger.to_jsonl(), self.settings,
+                          content_type="application/x-ndjson")
+        write_output_text(output_location(self.output, CSV_NAME), ledger.to_csv(), self.settings,
+                          content_type="text/csv")
         return ledger
 
+    def find_done(self, clip_id: str, image_sha256: str, audio_sha256: str, options_hash: str,
+                  records: list[LedgerRecord] | None = None) -> LedgerRecord | None:
+        """The newest succeeded record of `clip_id` made from the same inputs and options whose video is
+        still where it was stored; None when the clip must be (re)made. `records`: the clip's records
+        when already read. Storage errors propagate."""
+        for record in reversed(records if records is not None else self.clip_records(clip_id)):
+            if (
+                record.status == "succeeded"
+                and (record.image_sha256, record.audio_sha256, record.options_hash) == (image_sha256, audio_sha256, options_hash)
+                and record.output_uri
+                and exists(record.output_uri, self.settings)
+            ):
+                return record
+        return None
 
-def _csv_row(record: LedgerRecord) -> dict:
-    return {name: ("" if value is None else value) for name, value in record.model_dump(mode="json").items()}
-
-
-def local_ledger_file(location: str, settings: Settings) -> Path:
-    """The local results.jsonl a LedgerWriter for `location` appends to (its working copy for S3)."""
-    return _working_folder(location, settings) / JSONL_NAME
-
-
-def _working_folder(location: str, settings: Settings) -> Path:
-    if not is_s3(location):
-        return Path(output_location(location, JSONL_NAME)).parent
-    name = hashlib.sha256(location.encode()).hexdigest()[:16]
-    return settings.cache_dir / "ledgers" / name
-
-
-def _append_line(path: Path, text: str) -> None:
-    with open(path, "a", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    def _spooled(self, pattern: str) -> list[LedgerRecord]:
+        if self.spool is None:
+            return []
+        return _parse_lines((path.read_text(encoding="utf-8") for path in sorted(self.spool.glob(pattern))), str(self.spool))
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def load_ledger(output: str, settings: Settings) -> Ledger:
+    """Every record at `output` (local folder or s3://bucket/prefix); empty when there is none."""
+    return LedgerStore(output, settings).read()
+
+
+def _read_objects(folder: str, settings: Settings, recursive: bool, skip: set[str] = frozenset()) -> list[LedgerRecord]:
+    fs, path = filesystem(folder, settings)
+    with transient_as(f"reading the ledger at {folder}"):
+        try:
+            found = fs.find(path) if recursive else [entry for entry in fs.ls(path, detail=False)]
+        except FileNotFoundError:
+            return []
+        wanted = [name for name in found
+                  if name.endswith(".json") and not posixpath.basename(name).startswith(".")
+                  and posixpath.basename(name)[:-5] not in skip]
+        # Many small objects: fetched concurrently (s3fs) in one call.
+        contents = fs.cat(wanted, on_error="omit") if wanted else {}
+    return _parse_lines((data.decode("utf-8") for _, data in sorted(contents.items())), folder)
+
+
+def _parse_lines(lines: Iterable[str], where: str) -> list[LedgerRecord]:
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(LedgerRecord.model_validate_json(line))
+        except ValidationError:
+            # A hand-edited view can hold anything; one bad line must not hide the others.
+            log.warning("ledger entry %d in %s is not a record and was skipped", number, where)
+    return records
+
+
+def _unique(records: Iterable[LedgerRecord]) -> list[LedgerRecord]:
+    """Records found twice (in the view and as an object, or spooled and uploaded meanwhile) count once."""
+    by_id: dict[str, LedgerRecord] = {}
+    legacy = []
+    for record in records:
+        if record.record_id:
+            by_id.setdefault(record.record_id, record)
+        else:
+            legacy.append(record)
+    return [*legacy, *by_id.values()]
+
+
+def _record_key(record: LedgerRecord) -> str:
+    return f"{RECORDS_FOLDER}/{record.clip_id}/{record.record_id}.json"
+
+
+def _spool_folder(output: str, settings: Settings) -> Path:
+    return settings.cache_dir / "ledger-spool" / hashlib.sha256(output.encode()).hexdigest()[:16]
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Write a new file whole (temp file, fsync, rename): a crash leaves it complete or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
     with open(partial, "w", encoding="utf-8", newline="") as handle:
         handle.write(text)
         handle.flush()
@@ -259,6 +319,5 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def _upload(folder: Path, location: str, settings: Settings) -> None:
-    put_output(folder / JSONL_NAME, location, JSONL_NAME, settings, content_type="application/x-ndjson")
-    put_output(folder / CSV_NAME, location, CSV_NAME, settings, content_type="text/csv")
+def _csv_row(record: LedgerRecord) -> dict:
+    return {name: ("" if value is None else value) for name, value in record.model_dump(mode="json").items()}

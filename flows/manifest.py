@@ -26,14 +26,20 @@ from pydantic import BaseModel, Field, ValidationError
 from model_runtime.request import GenerationOptions, input_error_from
 from s2v.errors import InputError, ManifestError
 from s2v.settings import Settings, get_settings
-from s2v.storage.fetch import read_text
 from s2v.storage.locations import check_key, check_scheme
-from s2v.storage.redaction import redact, stable_uri
+from s2v.storage.redaction import stable_uri
+from tasks.manifest import manifest_text
 
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("image", "audio")
-OPTION_COLUMNS = ("prompt", "negative_prompt", "resolution", "sample_steps", "seed", "guidance_scale")
+# Every generation option is a column too, under the same name.
+OPTION_COLUMNS = tuple(GenerationOptions.model_fields)
+# The options of the first version: they always count in a row's options hash. Options added since
+# count only when a row sets them, so the hash of an older row, and with it its resume, stays the same.
+_FIRST_OPTIONS = ("prompt", "negative_prompt", "resolution", "sample_steps", "seed", "guidance_scale")
+# Options naming files: their identity is the file, not the signature of today's link.
+_URI_OPTIONS = ("lora", "pose_video")
 OPTIONAL_COLUMNS = (*OPTION_COLUMNS, "clip_id", "output_name")
 EXPECTED = (
     f"expected columns: {', '.join(REQUIRED_COLUMNS)} (required); {', '.join(OPTIONAL_COLUMNS)} (optional)"
@@ -47,8 +53,8 @@ ClipOptions = GenerationOptions
 class ClipRow(ClipOptions):  # type: ignore[misc, valid-type]
     """One valid manifest row with its options resolved (row value, else flow default).
 
-    `image` and `audio` are the URIs as given and may carry credentials: show them through
-    `s2v.storage.redaction.redact`, never as they are (they are left out of repr for that reason).
+    `image`, `audio` (and the `lora` and `pose_video` options) are the URIs as given and may carry
+    credentials: show them through `s2v.storage.redaction.redact`, never as they are.
     """
 
     row: int
@@ -57,6 +63,7 @@ class ClipRow(ClipOptions):  # type: ignore[misc, valid-type]
     audio: str = Field(repr=False)
     output_name: str | None = None
     options_hash: str
+    manifest: str | None = None  # id of the kept manifest copy this row came from (flows/kept_manifests.py)
 
     def options(self) -> ClipOptions:  # type: ignore[valid-type]
         """The generation options alone, as a ClipOptions."""
@@ -70,6 +77,7 @@ class InvalidRow:
     row: int
     clip_id: str
     error: InputError
+    manifest: str | None = None
 
 
 @dataclass
@@ -84,17 +92,19 @@ def parse_manifest(
     source: str | Path,
     defaults: BaseModel | Mapping | None = None,
     settings: Settings | None = None,
+    manifest_id: str | None = None,
 ) -> Manifest:
     """Parse a manifest given as a path/URI (local, file://, http(s)://, s3://) or as CSV text.
 
     A str holding both a newline and a comma is taken as CSV text; anything else is a location.
-    `defaults` (ClipOptions or a dict of its fields) fill the option cells a row leaves empty.
+    `defaults` (ClipOptions or a dict of its fields) fill the option cells a row leaves empty;
+    `manifest_id` is recorded in every row (the id its kept copy has under the output).
     Raises ManifestError when the manifest cannot be used as a whole; TransientError when a remote
     manifest could not be reached for now (worth retrying).
     """
     settings = settings or get_settings()
     base = _defaults(defaults)
-    frame = _read_frame(manifest_text(source, settings))
+    frame = _read_frame(source if isinstance(source, str) and "\n" in source else manifest_text(str(source), settings))
     columns = [str(name).strip().lower() for name in frame.columns]
     frame.columns = columns
     missing = [name for name in REQUIRED_COLUMNS if name not in columns]
@@ -114,7 +124,7 @@ def parse_manifest(
         cells = {name: str(record.get(name, "")).strip() for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)}
         if not any(str(value).strip() for value in record.values()):
             continue
-        parsed = _parse_row(number, cells, base)
+        parsed = _parse_row(number, cells, base, manifest_id)
         _check_unique(parsed.clip_id, number, bool(cells["clip_id"]), seen)
         if cells["output_name"]:
             first = outputs.setdefault(cells["output_name"], number)
@@ -124,7 +134,7 @@ def parse_manifest(
                 )
         (rows if isinstance(parsed, ClipRow) else invalid).append(parsed)
     if not rows and not invalid:
-        warnings.append("manifest has no data rows")
+        raise ManifestError(f"the manifest has no rows, only a header; {EXPECTED}")
     _log_warnings(warnings)
     return Manifest(rows=rows, invalid=invalid, warnings=warnings, columns=columns)
 
@@ -139,20 +149,14 @@ def _defaults(defaults: BaseModel | Mapping | None) -> dict:
         raise ManifestError(f"the flow's default options are invalid: {input_error_from(exc, data)}") from None
 
 
-def manifest_text(source: str | Path, settings: Settings) -> str:
-    """The manifest's CSV text: `source` itself when it is CSV text, else what its location holds."""
-    if isinstance(source, str) and "\n" in source and "," in source:
-        return source.removeprefix("\ufeff")
-    try:
-        return read_text(str(source), settings, field="manifest")
-    except InputError as exc:
-        raise ManifestError(f"cannot read the manifest {exc.value}: {exc.reason}") from None
-
-
 def _read_frame(text: str) -> pd.DataFrame:
+    header = text.lstrip("\ufeff").split("\n", 1)[0]
+    # Excel's "Unicode text" export separates columns with tabs.
+    separator = "\t" if "\t" in header and "," not in header else ","
     try:
         # Blank lines are kept here (and dropped by the caller) so row numbers match a spreadsheet.
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False)
+        frame = pd.read_csv(io.StringIO(text.lstrip("\ufeff")), dtype=str, keep_default_na=False,
+                            skip_blank_lines=False, sep=separator)
     except pd.errors.EmptyDataError:
         raise ManifestError(f"the manifest is empty; {EXPECTED}") from None
     except (pd.errors.ParserError, csv.Error, ValueError) as exc:
@@ -160,7 +164,7 @@ def _read_frame(text: str) -> pd.DataFrame:
     return frame.fillna("")
 
 
-def _parse_row(number: int, cells: dict[str, str], base: dict) -> ClipRow | InvalidRow:
+def _parse_row(number: int, cells: dict[str, str], base: dict, manifest_id: str | None) -> ClipRow | InvalidRow:
     given_id = cells["clip_id"]
     try:
         for name in REQUIRED_COLUMNS:
@@ -176,12 +180,12 @@ def _parse_row(number: int, cells: dict[str, str], base: dict) -> ClipRow | Inva
         field_name = "output_name" if exc.field == "output key" else exc.field
         error = InputError(field_name, exc.value, exc.reason, row=number)
         clip_id = given_id if given_id and CLIP_ID.match(given_id) else _derived_id(cells)
-        return InvalidRow(row=number, clip_id=clip_id, error=error)
-    options_hash = _hash(options)[:16]
+        return InvalidRow(row=number, clip_id=clip_id, error=error, manifest=manifest_id)
+    options_hash = options_hash_of(options)
     clip_id = given_id or _derived_id({**cells, **{name: options[name] for name in OPTION_COLUMNS}})
     return ClipRow(
         row=number, clip_id=clip_id, image=cells["image"], audio=cells["audio"],
-        output_name=cells["output_name"] or None, options_hash=options_hash, **options,
+        output_name=cells["output_name"] or None, options_hash=options_hash, manifest=manifest_id, **options,
     )
 
 
@@ -193,10 +197,25 @@ def _options(cells: dict[str, str], base: dict) -> dict:
         raise input_error_from(exc, data) from None
 
 
+def options_hash_of(options: dict) -> str:
+    """What makes two rows with the same inputs the same clip: options, with file options by identity."""
+    defaults = ClipOptions().model_dump(mode="json")
+    counted = {name: value for name, value in options.items() if name in _FIRST_OPTIONS or value != defaults.get(name)}
+    for name in _URI_OPTIONS:
+        if counted.get(name):
+            counted[name] = stable_uri(counted[name])
+    return _hash(counted)[:16]
+
+
 def _derived_id(cells: dict) -> str:
-    content = {name: cells.get(name) for name in (*REQUIRED_COLUMNS, *OPTION_COLUMNS, "output_name")}
-    for name in REQUIRED_COLUMNS:
-        content[name] = stable_uri(str(content[name] or ""))
+    """A clip id from the row's content: the same row keeps its id (and its resume) across runs."""
+    defaults = ClipOptions().model_dump(mode="json")
+    content = {name: cells.get(name) for name in (*REQUIRED_COLUMNS, *_FIRST_OPTIONS, "output_name")}
+    content.update({name: cells[name] for name in OPTION_COLUMNS
+                    if name not in _FIRST_OPTIONS and cells.get(name) not in ("", None, defaults.get(name))})
+    for name in (*REQUIRED_COLUMNS, *_URI_OPTIONS):
+        if name in content:
+            content[name] = stable_uri(str(content[name] or ""))
     return f"clip-{_hash(content)[:12]}"
 
 
@@ -226,8 +245,3 @@ def _log_warnings(warnings: list[str]) -> None:
         logger = log
     for warning in warnings:
         logger.warning(warning)
-
-
-def describe_row(row: ClipRow) -> dict:
-    """The row as it may be shown or recorded: input URIs redacted."""
-    return {**row.model_dump(), "image": redact(row.image), "audio": redact(row.audio)}

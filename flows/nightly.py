@@ -1,4 +1,8 @@
-"""The nightly batch: every manifest waiting in the inbox, one after another."""
+"""The nightly batch: every manifest waiting in the inbox, its rows handed to the GPU fleet.
+
+Runs on the CPU control pool and never loads a model. Each manifest goes to `<output>/<its name>`,
+then moves to done/ (or failed/ when it cannot be used at all) so it never runs twice.
+"""
 from __future__ import annotations
 
 import posixpath
@@ -8,47 +12,57 @@ from prefect import flow
 from prefect.logging import get_run_logger
 from pydantic import Field
 
-from flows.batch import batch, flow_settings
+from flows.context import flow_settings
+from flows.fleet import ROW_DEPLOYMENT, FleetLimits
 from flows.inbox import Inbox
 from flows.logs import hide_input_error_tracebacks
-from flows.scale_out import scale_out
+from flows.scale_out import run_on_fleet
 from model_runtime.request import GenerationOptions
-from s2v.errors import S2VError
+from s2v.errors import BatchFailed, S2VError
 from s2v.storage.locations import output_location
+from tasks.manifest import fetch_manifest
 
 
 @flow(name="s2v-nightly")
 def nightly(
     inbox: str,
-    output: str | None = None,
-    shards: Annotated[int, Field(ge=1, le=64)] = 1,
+    output: str = "",
     defaults: GenerationOptions = GenerationOptions(),
-    checkpoint: str | None = None,
-    model_server: str | None = None,
+    max_wait_hours: Annotated[float, Field(gt=0, le=72)] = 12.0,
+    checkpoint: str = "",
+    model_server: str = "",
+    row_deployment: str = ROW_DEPLOYMENT,
+    shards: Annotated[int, Field(ge=0, le=64)] = 0,
 ) -> list[dict]:
-    """Run each waiting manifest as a batch, then move it to done/ (or failed/) so it never runs twice.
+    """Run each waiting manifest on the GPU fleet, then move it to done/ (or failed/) so it never runs twice.
 
     Args:
         inbox: folder or s3:// prefix where manifests (*.csv) wait
-        output: root of the outputs; each manifest gets a folder named after it (default S2V_OUTPUT)
-        shards: GPU workers to spread each manifest over (1: one worker runs it)
+        output: root of the outputs; each manifest gets a folder named after it (empty: S2V_OUTPUT)
         defaults: generation options for the rows that leave them empty
-        checkpoint: Wan2.2-S2V checkpoint folder (default S2V_CHECKPOINT)
-        model_server: Unix socket of the warm model server (default S2V_MODEL_SERVER)
+        max_wait_hours: each manifest's rows end by then, whatever the fleet does
+        checkpoint: Wan2.2-S2V checkpoint folder for the GPU workers (empty: their S2V_CHECKPOINT)
+        model_server: Unix socket of the GPU workers' model servers (empty: their S2V_MODEL_SERVER)
+        row_deployment: the deployment that makes one row on a GPU worker
+        shards: not used any more (rows are handed out one by one as workers free up); kept so older scripts still run
     """
     hide_input_error_tracebacks()
     logger = get_run_logger()
-    settings = flow_settings(output, checkpoint, model_server)
+    settings = flow_settings(output, makes_videos=False)
     box = Inbox(inbox, settings)
     results = []
     for path in box.waiting():
         claimed = box.claim(path)
         stem = posixpath.splitext(posixpath.basename(claimed))[0]
         target = output_location(settings.output, stem)
-        common = dict(manifest=box.uri(claimed), output=target, defaults=defaults,
-                      checkpoint=checkpoint, model_server=model_server)
         try:
-            summary = batch(**common) if shards == 1 else scale_out(shards=shards, **common)
+            text = fetch_manifest(box.uri(claimed), settings)
+            state = run_on_fleet(f"nightly {stem}", text, posixpath.basename(claimed), defaults,
+                                 settings.model_copy(update={"output": target}), FleetLimits(max_wait_s=max_wait_hours * 3600),
+                                 checkpoint, model_server, row_deployment)
+            summary = state.result(raise_on_failure=False)
+            if isinstance(summary, BatchFailed):
+                summary = summary.summary
         except S2VError as exc:  # this manifest is unusable; the others still run tonight
             logger.error("manifest %s failed: %s", posixpath.basename(claimed), exc)
             box.finish(claimed, ok=False)
@@ -56,7 +70,8 @@ def nightly(
             continue
         moved = box.finish(claimed, ok=True)
         logger.info("manifest %s done (%s succeeded, %s failed) -> %s", stem, summary["succeeded"], summary["failed"], moved)
-        results.append({"manifest": stem, "output": target, **{k: summary[k] for k in ("succeeded", "failed", "skipped")}})
+        results.append({"manifest": stem, "output": target,
+                        **{k: summary[k] for k in ("succeeded", "failed", "skipped", "interrupted")}})
     if not results:
         logger.info("inbox %s is empty", inbox)
     return results

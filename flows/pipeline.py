@@ -1,198 +1,260 @@
-"""Runs manifest rows through download -> audio-encode -> generate -> upload, overlapping the stages.
+"""Runs manifest rows through download -> audio-encode -> generate -> upload, in manifest order.
 
-While row n generates, the next rows download and encode and the previous one uploads, so the GPU
-does not wait on the network. Only one generation is in flight; at most `lookahead` rows are fetched
-ahead of it. Every row ends in the ledger the moment it ends, whatever happened to it.
+The loop keeps `lookahead` downloads running ahead of the row it works on, calls encode and generate
+for one row at a time (the model does one thing at a time anyway), and leaves each upload running
+while the next row generates. So the GPU does not wait on the network, at most `lookahead` inputs are
+fetched ahead, and exactly one generation is ever in flight. Every row ends in the ledger the moment
+it ends, whatever happened to it; what it downloaded is deleted then.
 
-The loop runs in the flow's thread and passes finished values (never futures) to the next task, so
-no task ever waits on another one inside the thread pool.
+The loop runs in the flow's thread and only waits on futures there, so no task ever waits on another
+task inside the thread pool.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import shutil
 import time
+import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
-from flows.ledger import LedgerRecord, LedgerWriter
+from flows.ledger import LedgerRecord, LedgerStore
 from flows.manifest import ClipRow, InvalidRow
-from s2v.errors import S2VError
+from s2v.errors import GenerationCancelled, S2VError
 from s2v.settings import Settings
+from s2v.storage.locations import output_location
+from s2v.storage.redaction import redact
 from tasks.download import DownloadedInputs, download_inputs
 from tasks.encode import encode_audio
 from tasks.generate import generate_video
-from s2v.storage.locations import output_location
+from tasks.history import RowHistory, read_row_history
 from tasks.upload import upload_video
+
+RowEnded = Callable[[LedgerRecord], None]
+# What a record says about a video made by an earlier run (a skip, or a kept video uploaded now).
+_MADE_FIELDS = (
+    "url", "poster_url", "output_uri", "generation_time", "pipeline_time", "video_size_mb", "seed", "tiny_checkpoint",
+    "checkpoint", "width", "height", "duration", "frames", "segments", "warm_model", "sample_shift", "guidance_scale",
+)
 
 
 @dataclass
-class _Row:
+class RowRun:
+    """One row on its way through the stages: what the ledger record is made of."""
+
     row: ClipRow
-    attempts: int
+    work: Path
     started: float = field(default_factory=time.perf_counter)
+    attempts: int | None = None
     inputs: DownloadedInputs | None = None
-    features: object | None = None  # AudioFeatures
-    generation: object | None = None  # GenerationResult
-    url: str | None = None
-    upload_started: float = 0.0
+    generation: object | None = None  # model_runtime.request.GenerationResult
+    made_earlier: LedgerRecord | None = None  # the record of a kept video this run uploads instead
+    video: Path | None = None
+    poster: Path | None = None
+    warm_features: bool = True
+    urls: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    kept_video: Path | None = None
 
     @property
     def key(self) -> str:
         return self.row.output_name or f"{self.row.clip_id}.mp4"
 
+    @property
+    def poster_key(self) -> str:
+        return f"{self.key.rsplit('.', 1)[0]}.poster.jpg"
 
-def record_invalid_rows(
-    invalid: Iterable[InvalidRow], ledger: LedgerWriter, worker: str,
-    on_row_end: Callable[[LedgerRecord], None] | None = None,
-) -> None:
+
+def record_invalid_rows(invalid: Sequence[InvalidRow], store: LedgerStore, settings: Settings,
+                        on_row_end: RowEnded | None = None) -> None:
     for bad in invalid:
-        record = LedgerRecord(
-            row=bad.row, clip_id=bad.clip_id, status="failed", error=str(bad.error), worker=worker,
-            attempts=_attempts(ledger, bad.clip_id),
-        )
-        ledger.append(record)
+        record = store.append(LedgerRecord(
+            row=bad.row, clip_id=bad.clip_id, status="failed", error=str(bad.error), worker=settings.worker_name,
+            manifest=bad.manifest, attempts=_attempts_or_first(store, bad.clip_id),
+        ))
         if on_row_end:
             on_row_end(record)
 
 
 def run_rows(
-    rows: list[ClipRow],
+    rows: Sequence[ClipRow],
     *,
     settings: Settings,
-    output: str,
-    ledger: LedgerWriter,
-    work_dir: Path,
+    store: LedgerStore,
     lookahead: int = 2,
-    on_row_end: Callable[[LedgerRecord], None] | None = None,
+    on_row_end: RowEnded | None = None,
+    should_stop: Callable[[], str | None] = lambda: None,
 ) -> None:
+    """Every row ends with one ledger record, except rows never started because `should_stop` said so."""
     logger = get_run_logger()
-    waiting = deque(_Row(row, _attempts(ledger, row.clip_id)) for row in rows)
-    ready_to_generate: deque[_Row] = deque()
-    in_flight: dict[PrefectFuture, tuple[str, _Row]] = {}
-    ahead = 0  # rows between download and generate
-    generating = False
+    work_dir = settings.cache_dir / "work"
+    downloads: deque[tuple[RowRun, PrefectFuture]] = deque()
+    uploads: list[tuple[RowRun, PrefectFuture]] = []
+    waiting = deque(rows)
 
-    def finish(state: _Row, status: str, error: str | None = None, done: LedgerRecord | None = None) -> None:
-        record = _record(state, status, error, done, output, settings.worker_name)
-        ledger.append(record)
-        if status == "failed":
-            logger.warning("row %s (%s) failed: %s", state.row.row, state.row.clip_id, error)
+    def finish(run: RowRun, status: str, error: str | None = None, done: LedgerRecord | None = None) -> None:
+        run.attempts = run.attempts or _attempts_or_first(store, run.row.clip_id)
+        record = store.append(_record(run, status, error, done, settings))
+        if status in ("failed", "interrupted"):
+            logger.warning("row %s (%s) %s: %s", run.row.row, run.row.clip_id, status, error)
         else:
-            logger.info("row %s (%s) %s: %s", state.row.row, state.row.clip_id, status, record.url)
+            logger.info("row %s (%s) %s: %s", run.row.row, run.row.clip_id, status, record.url)
+        shutil.rmtree(run.work, ignore_errors=True)  # the row's input copies: gone with the row
         if on_row_end:
             on_row_end(record)
 
-    def submit(stage: str, state: _Row, future: PrefectFuture) -> None:
-        in_flight[future] = (stage, state)
+    def top_up() -> None:
+        while waiting and len(downloads) < lookahead:
+            row = waiting.popleft()
+            run = RowRun(row, work_dir / "rows" / f"{row.clip_id}-{uuid.uuid4().hex[:8]}")
+            downloads.append((run, download_inputs.submit(
+                row.image, row.audio, work_dir=run.work, settings=settings, lora=row.lora, pose_video=row.pose_video)))
 
-    def fill() -> None:
-        nonlocal ahead, generating
-        while waiting and ahead < lookahead:
-            state = waiting.popleft()
-            ahead += 1
-            submit("download", state, download_inputs.submit(
-                state.row.image, state.row.audio, work_dir=work_dir / "inputs", settings=settings))
-        if not generating and ready_to_generate:
-            state = ready_to_generate.popleft()
-            ahead -= 1
-            generating = True
-            submit("generate", state, generate_video.submit(
-                state.row.clip_id, _request(state), state.features,
-                work_dir / "videos" / f"{state.row.clip_id}-{state.row.options_hash[:12]}.mp4", settings))
+    def collect_uploads(block: bool) -> None:
+        for pair in list(uploads):
+            run, future = pair
+            if block or future.state.is_final():
+                uploads.remove(pair)
+                _end_upload(run, future, finish, settings)
 
-    fill()
-    while in_flight:
-        future = next(as_completed(list(in_flight)))
-        stage, state = in_flight.pop(future)
+    top_up()
+    while downloads:
+        if reason := should_stop():
+            logger.warning("stopping: %s; %d row(s) not started stay for a rerun", reason, len(downloads) + len(waiting))
+            break
+        run, future = downloads.popleft()
+        top_up()
+        collect_uploads(block=False)
         try:
-            value = future.result()
-        except Exception as exc:  # the row fails; the batch goes on
-            if stage == "generate":
-                generating = False
-            elif stage in ("download", "encode"):
-                ahead -= 1
-            finish(state, "failed", _describe(exc, logger))
-            fill()
+            run.inputs = future.result()
+            run.seconds["download_s"] = run.inputs.download_seconds
+            history: RowHistory = read_row_history.submit(store, run.row.clip_id, run.inputs, run.row.options_hash).result()
+            run.attempts = history.attempts + 1
+            if history.done is not None:
+                finish(run, "skipped", done=history.done)
+                continue
+            if history.kept is not None:
+                # A video made earlier whose upload failed: upload that one, never generate it again.
+                run.made_earlier, run.video = history.kept, Path(history.kept.kept_video)
+                uploads.append((run, _submit_upload(run, settings)))
+                continue
+            encoded = encode_audio.submit(run.row.clip_id, run.inputs.audio_path, settings).result()
+            run.seconds["encode_s"] = encoded["seconds"]
+            run.warm_features = encoded["features"].warm_model
+            generated = generate_video.submit(
+                run.row.clip_id, _request(run), encoded["features"],
+                work_dir / "videos" / f"{run.row.clip_id}-{run.row.options_hash[:12]}.mp4", settings,
+            ).result()
+            run.generation, run.seconds["generate_s"] = generated["result"], generated["seconds"]
+            run.video, run.poster = Path(run.generation.video_path), run.generation.poster_path
+        except GenerationCancelled as exc:
+            finish(run, "interrupted", f"{exc}; a rerun of the manifest resumes this row")
             continue
-
-        if stage == "download":
-            state.inputs = value
-            state.seconds["download_s"] = value.download_seconds
-            done = ledger.ledger.find_done(
-                state.row.clip_id, value.image_sha256, value.audio_sha256, state.row.options_hash, settings)
-            if done:
-                ahead -= 1
-                finish(state, "skipped", done=done)
-            else:
-                submit("encode", state, encode_audio.submit(state.row.clip_id, value.audio_path, settings))
-        elif stage == "encode":
-            state.features = value["features"]
-            state.seconds["encode_s"] = value["seconds"]
-            # Generate in manifest order whichever encoding finished first.
-            ready_to_generate.append(state)
-            ready_to_generate = deque(sorted(ready_to_generate, key=lambda s: s.row.row))
-        elif stage == "generate":
-            generating = False
-            state.generation = value["result"]
-            state.seconds["generate_s"] = value["seconds"]
-            submit("upload", state, upload_video.submit(
-                state.generation.video_path, state.key, output=output, settings=settings))
-            state.upload_started = time.perf_counter()
-        elif stage == "upload":
-            state.seconds["upload_s"] = time.perf_counter() - state.upload_started
-            state.url = value
-            Path(state.generation.video_path).unlink(missing_ok=True)  # the stored copy is the one kept
-            finish(state, "succeeded")
-        fill()
+        except Exception as exc:  # the row fails; the batch goes on
+            finish(run, "failed", _describe(exc, logger))
+            continue
+        uploads.append((run, _submit_upload(run, settings)))
+    collect_uploads(block=True)
+    for run, future in downloads:  # only after a stop: rows fetched but never generated
+        future.wait()
+        shutil.rmtree(run.work, ignore_errors=True)
 
 
-def _request(state: _Row):
+def _submit_upload(run: RowRun, settings: Settings) -> PrefectFuture:
+    run.seconds["upload_started"] = time.perf_counter()
+    files = {run.key: (run.video, "video/mp4")}
+    if run.poster is not None:
+        files[run.poster_key] = (run.poster, "image/jpeg")
+    return upload_video.submit(files, output=settings.output, settings=settings)
+
+
+def _end_upload(run: RowRun, future: PrefectFuture, finish, settings: Settings) -> None:
+    run.seconds["upload_s"] = time.perf_counter() - run.seconds.pop("upload_started")
+    try:
+        run.urls = future.result()
+    except Exception as exc:
+        # The video is made: keep it, and name it in the record, so a retry uploads it instead of
+        # spending GPU minutes on it again.
+        run.kept_video = _keep(run.video, settings)
+        finish(run, "failed", f"upload failed; the video is kept on {settings.worker_name} at {run.kept_video} "
+                              f"and `s2v retry` uploads it: {_describe(exc, logging.getLogger(__name__))}")
+        return
+    finish(run, "succeeded")
+    # The stored copies are the ones kept.
+    run.video.unlink(missing_ok=True)
+    if run.poster is not None:
+        run.poster.unlink(missing_ok=True)
+
+
+def _keep(video: Path, settings: Settings) -> Path:
+    kept = settings.cache_dir / "kept-videos" / video.name
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    if video.resolve() != kept.resolve():
+        shutil.move(video, kept)
+    return kept
+
+
+def _request(run: RowRun):
     from model_runtime.request import GenerationRequest
 
-    return GenerationRequest(
-        image_path=state.inputs.image_path, audio_path=state.inputs.audio_path,
-        **state.row.options().model_dump(),
-    )
+    options = run.row.options().model_dump()
+    # The runtime reads local files: the downloaded copies stand in for the URIs the row gave.
+    options.update(lora=str(run.inputs.lora_path or ""), pose_video=str(run.inputs.pose_video_path or ""))
+    return GenerationRequest(image_path=run.inputs.image_path, audio_path=run.inputs.audio_path, **options)
 
 
-def _record(
-    state: _Row, status: str, error: str | None, done: LedgerRecord | None, output: str, worker: str
-) -> LedgerRecord:
-    row, seconds, generation = state.row, state.seconds, state.generation
-    fields = dict(
-        worker=worker,
-        row=row.row, clip_id=row.clip_id, status=status, error=error, attempts=state.attempts,
-        options_hash=row.options_hash, resolution=row.resolution, sample_steps=row.sample_steps, seed=row.seed,
-        total_time=round(time.perf_counter() - state.started, 3),
-        **{k: round(v, 3) for k, v in seconds.items() if k.endswith("_s")},
-    )
-    if state.inputs:
-        fields.update(image_sha256=state.inputs.image_sha256, audio_sha256=state.inputs.audio_sha256)
-    if generation is not None:
-        fields.update(
-            url=state.url, output_uri=output_location(output, state.key),
-            generation_time=generation.generation_time, pipeline_time=generation.pipeline_time,
-            video_size_mb=generation.video_size_mb,
-            # The first row of a cold process loads the model in its encode stage: not warm either.
-            warm_model=generation.warm_model and state.features.warm_model, seed=generation.seed,
-        )
+def _record(run: RowRun, status: str, error: str | None, done: LedgerRecord | None, settings: Settings) -> LedgerRecord:
+    row = run.row
+    fields: dict = {
+        **{name: value for name, value in row.options().model_dump().items() if name in LedgerRecord.model_fields},
+        "lora": redact(row.lora) or None, "pose_video": redact(row.pose_video) or None,
+        "worker": settings.worker_name, "manifest": row.manifest, "row": row.row, "clip_id": row.clip_id,
+        "status": status, "error": error, "attempts": run.attempts or _attempts_or_first(None, row.clip_id),
+        "options_hash": row.options_hash, "total_time": round(time.perf_counter() - run.started, 3),
+        **{name: round(seconds, 3) for name, seconds in run.seconds.items() if name.endswith("_s")},
+    }
+    if run.inputs:
+        fields.update(image_sha256=run.inputs.image_sha256, audio_sha256=run.inputs.audio_sha256)
+    if run.generation is not None:
+        made = run.generation.model_dump(mode="json", exclude={"lora", "pose_video", "video_path", "poster_path"})
+        fields.update({name: value for name, value in made.items() if name in LedgerRecord.model_fields})
+        # The first row of a cold process loads the model in its encode stage: not warm either.
+        fields["warm_model"] = run.generation.warm_model and run.warm_features
+    for earlier in (run.made_earlier, done):
+        if earlier is not None:
+            fields.update({name: getattr(earlier, name) for name in _MADE_FIELDS})
+    if run.video is not None:
+        fields.update(url=run.urls.get(run.key), poster_url=run.urls.get(run.poster_key),
+                      output_uri=output_location(settings.output, run.key))
+        if status == "failed" and run.kept_video is not None:
+            fields.update(kept_video=str(run.kept_video), video_sha256=_sha256(run.kept_video), url=None)
     if done is not None:
-        fields.update(
-            url=done.url, output_uri=done.output_uri, generation_time=done.generation_time,
-            video_size_mb=done.video_size_mb, seed=done.seed,
-            error=f"already made for the same inputs and options ({done.finished_at:%Y-%m-%d %H:%M} UTC)",
-        )
+        fields["error"] = f"already made for the same inputs and options ({done.finished_at:%Y-%m-%d %H:%M} UTC)"
     return LedgerRecord(**fields)
 
 
-def _attempts(ledger: LedgerWriter, clip_id: str) -> int:
-    return 1 + sum(1 for record in ledger.ledger.records if record.clip_id == clip_id and record.status != "skipped")
+def _attempts_or_first(store: LedgerStore | None, clip_id: str) -> int:
+    """1 + earlier attempts when the history can be read now; 1 when storage will not say."""
+    if store is None:
+        return 1
+    try:
+        return 1 + sum(1 for r in store.clip_records(clip_id) if r.status != "skipped")
+    except Exception:
+        return 1
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _describe(exc: BaseException, logger: logging.Logger | logging.LoggerAdapter) -> str:

@@ -1,15 +1,53 @@
-"""Prefect artifacts of a batch: the ledger as a table, a summary with the cost, a link per video."""
+"""What an operator sees of a batch in the Prefect UI, kept current as rows end.
+
+Per run, with keys named after the output (so two outputs never overwrite each other's cards):
+- progress: "k/M ended, f failed";
+- the ledger as a table, one row per manifest row in manifest order;
+- the videos: per row (manifest order) its clip id, status, a picture of it and a link a browser can
+  open (presigned or public URL for S3/R2; for a local output the path, which is on the worker);
+- at the end, a summary with the cost estimate and a contact sheet (one frame per clip, its id and status).
+
+The run's final state tells the truth: Failed when every row failed, else Completed, named
+"Completed (f of M failed)" when some did.
+"""
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
+import logging
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-
-_TABLE_COLUMNS = (
-    "row", "clip_id", "status", "error", "url", "generation_time", "total_time", "video_size_mb",
-    "warm_model", "resolution", "sample_steps", "seed", "attempts", "worker",
+from prefect.artifacts import (
+    create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
 )
+from prefect.states import Completed, Failed, State
+
+from flows.ledger import LedgerRecord
+from s2v.errors import BatchFailed
+from s2v.settings import Settings
+from s2v.storage.outputs import filesystem, put_output
+
+log = logging.getLogger(__name__)
+
+TABLE_COLUMNS = (
+    "row", "clip_id", "status", "error", "url", "generation_time", "total_time", "duration", "width", "height",
+    "video_size_mb", "warm_model", "tiny_checkpoint", "resolution", "size", "mode", "sample_steps", "seed",
+    "attempts", "worker",
+)
+THUMB_WIDTH = 240
+INLINE_SHEET_CLIPS = 48  # a picture inlined into a card stays a few hundred KB
+TINY_NOTE = ("**Made with the tiny random-weight test checkpoint: these videos are coloured noise.** "
+             "Set S2V_CHECKPOINT to the Wan2.2-S2V-14B folder for real videos.")
+
+
+def artifact_key(output: str, name: str) -> str:
+    """Artifact keys allow lower-case letters, digits and dashes; one set of cards per output."""
+    return f"s2v-{hashlib.sha256(output.encode()).hexdigest()[:10]}-{name}"
 
 
 def summarize(records: Sequence[dict], gpu_cost_per_hour: float) -> dict:
@@ -20,36 +58,227 @@ def summarize(records: Sequence[dict], gpu_cost_per_hour: float) -> dict:
         "succeeded": counts["succeeded"],
         "failed": counts["failed"],
         "skipped": counts["skipped"],
+        "interrupted": counts["interrupted"],
         "generation_s": round(generation_s, 1),
         "estimated_cost_usd": round(generation_s / 3600 * gpu_cost_per_hour, 4),
+        "tiny_checkpoint": any(r.get("tiny_checkpoint") for r in records),
     }
 
 
-def summary_markdown(summary: dict, gpu_cost_per_hour: float, ledger_location: str) -> str:
-    return "\n".join([
-        "## S2V batch",
-        "",
-        "| rows | succeeded | failed | skipped | generation time | estimated GPU cost |",
-        "|---|---|---|---|---|---|",
-        f"| {summary['rows']} | {summary['succeeded']} | {summary['failed']} | {summary['skipped']} "
-        f"| {summary['generation_s']:.1f} s | ${summary['estimated_cost_usd']:.4f} at ${gpu_cost_per_hour:.2f}/h |",
-        "",
-        f"Ledger: `{ledger_location}`",
-    ])
+def final_state(summary: dict, title: str) -> State:
+    """Failed when every row failed; Completed named "Completed (f of M failed)" when some did."""
+    failed = summary["failed"] + summary["interrupted"]
+    rows = summary["rows"]
+    if rows and failed == rows:
+        message = f"{title}: all {rows} row(s) failed"
+        return Failed(message=message, data=BatchFailed(message, summary))
+    if failed:
+        return Completed(message=f"{title}: {failed} of {rows} row(s) failed", name=f"Completed ({failed} of {rows} failed)",
+                         data=summary)
+    return Completed(message=f"{title}: {summary['succeeded']} succeeded, {summary['skipped']} skipped", data=summary)
 
 
-def publish_batch_artifacts(records: Sequence[dict], gpu_cost_per_hour: float, ledger_location: str) -> dict:
-    summary = summarize(records, gpu_cost_per_hour)
-    create_table_artifact(
-        key="s2v-ledger",
-        table=[{column: record.get(column) for column in _TABLE_COLUMNS} for record in records],
-        description="One row per manifest row: status, URL, timings",
-    )
-    create_markdown_artifact(
-        key="s2v-summary", markdown=summary_markdown(summary, gpu_cost_per_hour, ledger_location)
-    )
-    for record in records:
-        if record["status"] == "succeeded" and record.get("url"):
-            create_link_artifact(link=record["url"], link_text=f"{record['clip_id']}.mp4",
-                                 description=f"row {record['row']}")
-    return summary
+class BatchReport:
+    """The run's cards, created when the batch starts and updated as each row ends."""
+
+    def __init__(self, title: str, clip_ids: Sequence[str], settings: Settings, shared: bool = True):
+        """`shared`: cards keyed by the output (the latest batch into an output shows under its keys);
+        a row run of the fleet keeps its cards to itself."""
+        from prefect.client.orchestration import get_client
+
+        self.title, self.settings = title, settings
+        self.output, self.gpu_cost_per_hour = settings.output, settings.gpu_cost_per_hour
+        output = self.output
+        self.order = list(dict.fromkeys(clip_ids))
+        self.key = (lambda name: artifact_key(output, name)) if shared else (lambda name: None)
+        self.records: dict[str, dict] = {}
+        self.pictures: dict[str, str] = {}  # clip id -> image source the UI can show
+        self._client = get_client(sync_client=True)
+        self.progress_id = create_progress_artifact(
+            progress=0.0, key=self.key("progress"), description=self._progress_text())
+        self.table_id = create_table_artifact(
+            key=self.key("ledger"), table=self._table(), description=f"{title}: the ledger, in manifest order")
+        self.videos_id = create_markdown_artifact(
+            key=self.key("videos"), markdown=self._videos_markdown(), description=f"{title}: the videos")
+
+    def row_ended(self, record: LedgerRecord, publish: bool = True) -> None:
+        """Take the row's record; `publish=False` leaves the cards for one `publish()` after many rows."""
+        data = record.model_dump(mode="json")
+        if record.clip_id not in self.order:
+            self.order.append(record.clip_id)
+        self.records[record.clip_id] = data
+        picture = _picture_source(record, self.settings)
+        if picture:
+            self.pictures[record.clip_id] = picture
+        if publish:
+            self.publish()
+
+    def publish(self) -> None:
+        ended = sum(1 for clip_id in self.order if clip_id in self.records)
+        update_progress_artifact(self.progress_id, progress=100.0 * ended / max(len(self.order), 1),
+                                 description=self._progress_text())
+        self._update(self.table_id, _table_json(self._table()))
+        self._update(self.videos_id, self._videos_markdown())
+
+    def fleet_progress(self, ended: int, total: int) -> None:
+        """Progress of rows handed to the fleet, before their records are read back."""
+        update_progress_artifact(self.progress_id, progress=100.0 * ended / max(total, 1),
+                                 description=f"{self.title}: {ended}/{total} row runs ended")
+
+    def finish(self, sheet_key: str) -> dict:
+        """The summary card, with the contact sheet stored at `sheet_key` under the output; the summary."""
+        records = [self.records[c] for c in self.order if c in self.records]
+        summary = summarize(records, self.gpu_cost_per_hour)
+        sheet = None
+        if records:
+            try:
+                sheet = self._store_contact_sheet(records, sheet_key)
+            except Exception as exc:  # a picture must never fail a batch whose videos are made
+                log.warning("contact sheet not made: %s: %s", type(exc).__name__, exc)
+        create_markdown_artifact(key=self.key("summary"),
+                                 markdown=self._summary_markdown(summary, sheet),
+                                 description=f"{self.title}: summary")
+        return summary
+
+    def _store_contact_sheet(self, records: list[dict], key: str) -> str:
+        with tempfile.TemporaryDirectory(prefix="s2v-sheet-") as tmp:
+            path = Path(tmp) / "sheet.jpg"
+            path.write_bytes(contact_sheet(records, self.settings))
+            url = put_output(path, self.output, key, self.settings, content_type="image/jpeg")
+            if url.startswith(("http://", "https://")):
+                return url
+            # A local output: the browser cannot load the worker's file, so the picture travels inline.
+            shown = records[:INLINE_SHEET_CLIPS]
+            return "data:image/jpeg;base64," + base64.b64encode(contact_sheet(shown, self.settings)).decode()
+
+    # ---- rendering ---------------------------------------------------------------------------------
+
+    def _progress_text(self) -> str:
+        ended = [self.records[c] for c in self.order if c in self.records]
+        failed = sum(1 for r in ended if r["status"] in ("failed", "interrupted"))
+        return f"{self.title}: {len(ended)}/{len(self.order)} ended, {failed} failed"
+
+    def _table(self) -> list[dict[str, Any]]:
+        rows = []
+        for clip_id in self.order:
+            record = self.records.get(clip_id, {"clip_id": clip_id, "status": "waiting"})
+            rows.append({column: record.get(column) for column in TABLE_COLUMNS})
+        return rows
+
+    def _videos_markdown(self) -> str:
+        lines = [f"## {self.title}: videos", ""]
+        if any(r.get("tiny_checkpoint") for r in self.records.values()):
+            lines += [TINY_NOTE, ""]
+        local = not self.output.startswith("s3://")
+        for clip_id in self.order:
+            record = self.records.get(clip_id)
+            if record is None:
+                lines += [f"### {clip_id}", "waiting", ""]
+                continue
+            lines.append(f"### {clip_id} ({record['status']})")
+            if clip_id in self.pictures:
+                lines.append(f"![{clip_id}]({self.pictures[clip_id]})")
+            if record["status"] in ("succeeded", "skipped") and record.get("url"):
+                if local and not record["url"].startswith(("http://", "https://")):
+                    lines.append(f"Stored on the worker's disk at `{record['url']}` (not reachable from a browser; "
+                                 "set S2V_PUBLIC_BASE_URL or use an s3:// output for links)")
+                else:
+                    lines.append(f"[{Path(record['url'].split('?')[0]).name}]({record['url']})")
+            elif record.get("error"):
+                lines.append(f"`{_one_line(record['error'])}`")
+            lines.append("")
+        return "\n".join(lines)
+
+    def _summary_markdown(self, summary: dict, sheet: str | None) -> str:
+        failed = summary["failed"] + summary["interrupted"]
+        lines = [
+            f"## {self.title}",
+            "",
+            "| rows | succeeded | failed | skipped | generation time | estimated GPU cost |",
+            "|---|---|---|---|---|---|",
+            f"| {summary['rows']} | {summary['succeeded']} | {failed} | {summary['skipped']} "
+            f"| {summary['generation_s']:.1f} s | ${summary['estimated_cost_usd']:.4f} at ${self.gpu_cost_per_hour:.2f}/h |",
+            "",
+            f"Output: `{self.output}` (ledger: `results.jsonl`, `results.csv`)",
+        ]
+        if summary["tiny_checkpoint"]:
+            lines += ["", TINY_NOTE]
+        if sheet:
+            if sheet.startswith("data:") and summary["rows"] > INLINE_SHEET_CLIPS:
+                lines += ["", f"Contact sheet (the first {INLINE_SHEET_CLIPS} of {summary['rows']} clips; the whole "
+                              "sheet is under `contact-sheets/` in the output):"]
+            lines += ["", f"![contact sheet]({sheet})"]
+        return "\n".join(lines)
+
+    def _update(self, artifact_id, data: str) -> None:
+        from prefect.client.schemas.actions import ArtifactUpdate
+
+        self._client.update_artifact(artifact_id=artifact_id, artifact=ArtifactUpdate(data=data))
+
+
+def contact_sheet(records: Sequence[dict], settings: Settings, columns: int = 4) -> bytes:
+    """A JPEG with one frame per clip (its poster) labelled with its clip id and status."""
+    from PIL import Image, ImageDraw
+
+    tile_w, tile_h, label_h = THUMB_WIDTH, THUMB_WIDTH * 3 // 4, 34
+    rows = -(-len(records) // columns)
+    sheet = Image.new("RGB", (tile_w * min(columns, len(records)), (tile_h + label_h) * rows), "white")
+    draw = ImageDraw.Draw(sheet)
+    for n, record in enumerate(records):
+        x, y = (n % columns) * tile_w, (n // columns) * (tile_h + label_h)
+        poster = _poster_bytes(record, settings)
+        if poster is not None:
+            with Image.open(io.BytesIO(poster)) as image:
+                image.thumbnail((tile_w - 8, tile_h - 8))
+                sheet.paste(image, (x + (tile_w - image.width) // 2, y + (tile_h - image.height) // 2))
+        else:
+            draw.rectangle((x + 4, y + 4, x + tile_w - 4, y + tile_h - 4), fill=(200, 200, 200))
+        colour = {"succeeded": (0, 110, 0), "skipped": (0, 80, 160)}.get(record["status"], (170, 0, 0))
+        draw.text((x + 6, y + tile_h + 2), record["clip_id"][:34], fill="black")
+        draw.text((x + 6, y + tile_h + 17), record["status"], fill=colour)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def _picture_source(record: LedgerRecord, settings: Settings) -> str | None:
+    """Where the UI can load the row's picture: its poster's URL, or the poster itself inlined."""
+    if record.poster_url and record.poster_url.startswith(("http://", "https://")):
+        return record.poster_url
+    poster = _poster_bytes(record.model_dump(), settings)
+    if poster is None:
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(_thumbnail(poster)).decode()
+
+
+def _poster_bytes(record: dict, settings: Settings) -> bytes | None:
+    """The row's poster, read where it is stored beside its video; None when it has none."""
+    video = record.get("output_uri")
+    if not video or "." not in video or record["status"] not in ("succeeded", "skipped"):
+        return None
+    fs, path = filesystem(f"{video.rsplit('.', 1)[0]}.poster.jpg", settings)
+    try:
+        return fs.cat_file(path)
+    except Exception:  # no poster (older videos), or storage trouble: the card shows the rest
+        return None
+
+
+def _thumbnail(data: bytes) -> bytes:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.thumbnail((THUMB_WIDTH, THUMB_WIDTH))
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
+
+
+def _table_json(table: list[dict]) -> str:
+    import json
+
+    return json.dumps(table)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split()).replace("`", "'")
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -1,130 +1,76 @@
-"""Scale-out across GPU hosts: a manifest split into shards, each a deployment run on the GPU pool.
+"""Scale-out: one manifest over every GPU worker of the pool, a row at a time as workers free up.
 
-Every GPU worker keeps its own warm model and takes one shard; Prefect's work pool is the scheduler.
-Each shard writes its own ledger under `<output>/shard-<k>`; the parent merges them into the
-output's ledger with the row numbers of the original manifest.
+Runs on the CPU control pool and never loads a model (flows/fleet.py hands the rows out).
 """
 from __future__ import annotations
 
-import csv
-import io
-import time
+import posixpath
 from typing import Annotated
 
-from prefect import flow, get_client
-from prefect.deployments import run_deployment
-from prefect.logging import get_run_logger
+from prefect import flow
+from prefect.states import State
 from pydantic import Field
 
-from flows.batch import flow_settings, keep_batch_inputs
-from flows.ledger import Ledger, LedgerRecord, load_ledger, merge_ledgers, write_ledger
+from flows.context import flow_settings
+from flows.fleet import ROW_DEPLOYMENT, FleetLimits, hand_out
+from flows.kept_manifests import keep_manifest, manifest_id
+from flows.ledger import LedgerStore
 from flows.logs import hide_input_error_tracebacks
-from flows.manifest import OPTION_COLUMNS, ClipRow, manifest_text, parse_manifest
-from flows.report import publish_batch_artifacts
+from flows.manifest import parse_manifest
+from flows.report import BatchReport, final_state
 from model_runtime.request import GenerationOptions
-from s2v.storage.locations import output_location
-
-SHARD_DEPLOYMENT = "s2v-batch/batch"
-_SHARD_COLUMNS = ("clip_id", "image", "audio", *OPTION_COLUMNS, "output_name")
-
-
-def split_rows(rows: list[ClipRow], shards: int) -> list[list[ClipRow]]:
-    """Round-robin, so every shard gets a similar mix of long and short rows; empty shards dropped."""
-    return [part for part in (rows[k::shards] for k in range(shards)) if part]
+from s2v.settings import Settings
+from s2v.storage.redaction import redact
+from tasks.manifest import fetch_manifest, is_csv_text
 
 
-def shard_manifest(rows: list[ClipRow]) -> str:
-    """CSV text of resolved rows: every option written out, so a shard needs no defaults."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_SHARD_COLUMNS)
-    writer.writeheader()
-    for row in rows:
-        values = row.model_dump(include=set(_SHARD_COLUMNS))
-        writer.writerow({k: "" if v is None else v for k, v in values.items()})
-    return buffer.getvalue()
+def run_on_fleet(title: str, text: str, name: str, defaults: GenerationOptions, settings: Settings,
+                 limits: FleetLimits, checkpoint: str, model_server: str, row_deployment: str) -> State:
+    """Parse and keep the manifest, hand its rows to the GPU pool, wait, report; the run's final state."""
+    chosen = defaults.model_dump(mode="json")
+    parsed = parse_manifest(text, chosen, settings, manifest_id=manifest_id(text, chosen))
+    keep_manifest(text, chosen, settings.output, settings, name=name)
+    order = sorted([*parsed.rows, *parsed.invalid], key=lambda row: row.row)
+    report = BatchReport(title, [row.clip_id for row in order], settings)
+    records = hand_out(parsed.rows, parsed.invalid, settings, row_deployment=row_deployment, limits=limits,
+                       checkpoint=checkpoint, model_server=model_server, tags=["s2v", name],
+                       on_progress=report.fleet_progress)
+    for record in records:
+        report.row_ended(record, publish=False)
+    report.publish()
+    LedgerStore(settings.output, settings).compact()
+    summary = report.finish(f"contact-sheets/{title.replace(' ', '-')}.jpg")
+    summary["records"] = [record.model_dump(mode="json") for record in records]
+    summary["output"] = settings.output
+    return final_state(summary, title)
 
 
 @flow(name="s2v-scale-out")
 def scale_out(
     manifest: str,
-    output: str | None = None,
-    shards: Annotated[int, Field(ge=1, le=64)] = 2,
+    output: str = "",
     defaults: GenerationOptions = GenerationOptions(),
-    checkpoint: str | None = None,
-    model_server: str | None = None,
-    shard_deployment: str = SHARD_DEPLOYMENT,
-) -> dict:
-    """Split the manifest, run each shard as a deployment run, wait for all, merge their ledgers.
+    max_wait_hours: Annotated[float, Field(gt=0, le=72)] = 12.0,
+    checkpoint: str = "",
+    model_server: str = "",
+    row_deployment: str = ROW_DEPLOYMENT,
+    shards: Annotated[int, Field(ge=0, le=64)] = 0,
+) -> State:
+    """Spread one manifest over the GPU pool: every row a run of the row deployment, taken as workers free up.
 
     Args:
-        manifest: path or URI of a CSV manifest, or the CSV text itself
-        output: local folder or s3://bucket/prefix (default S2V_OUTPUT)
-        shards: shard runs, one per available GPU worker
+        manifest: a path or URI (http(s)://, s3://) of a CSV manifest, or the CSV text itself (header line first: image,audio,prompt,...)
+        output: local folder or s3://bucket/prefix for the videos and the ledger (empty: S2V_OUTPUT)
         defaults: generation options for the rows that leave them empty
-        checkpoint: Wan2.2-S2V checkpoint folder (default S2V_CHECKPOINT)
-        model_server: Unix socket of the warm model server (default S2V_MODEL_SERVER)
-        shard_deployment: the deployment that runs each shard
+        max_wait_hours: the run ends by then, whatever the fleet does; rows not made by then are recorded as failed
+        checkpoint: Wan2.2-S2V checkpoint folder for the GPU workers (empty: their S2V_CHECKPOINT)
+        model_server: Unix socket of the GPU workers' model servers (empty: their S2V_MODEL_SERVER)
+        row_deployment: the deployment that makes one row on a GPU worker
+        shards: not used any more (rows are handed out one by one as workers free up); kept so older scripts still run
     """
     hide_input_error_tracebacks()
-    logger = get_run_logger()
-    settings = flow_settings(output, checkpoint, model_server)
-    text = manifest_text(manifest, settings)
-    parsed = parse_manifest(text, defaults, settings)
-    keep_batch_inputs(text, defaults, settings)
-    parts = split_rows(parsed.rows, shards)
-    shard_outputs = [output_location(settings.output, f"shard-{k}") for k in range(len(parts))]
-    launched = [
-        run_deployment(
-            shard_deployment,
-            parameters={"manifest": shard_manifest(part), "output": shard_output,
-                        "checkpoint": checkpoint, "model_server": model_server},
-            flow_run_name=f"shard-{k}-of-{len(parts)}",
-            timeout=0,  # start them all, then wait: they run side by side on different workers
-        )
-        for k, (part, shard_output) in enumerate(zip(parts, shard_outputs))
-    ]
-    for finished in _wait_for(launched):
-        logger.info("shard run %s ended %s", finished.name, finished.state_name)
-
-    rows_by_clip = {row.clip_id: row.row for row in parsed.rows}
-    merged = merge_ledgers(load_ledger(location, settings) for location in shard_outputs)
-    for record in merged.records:
-        record.row = rows_by_clip.get(record.clip_id, record.row)
-    ended = {record.clip_id for record in merged.records}
-    # A shard run that crashed before a row ended: the row is failed, never silently missing.
-    unfinished = [
-        LedgerRecord(row=row, clip_id=clip_id, status="failed", worker=settings.worker_name,
-                     error="its shard run ended before this row did; run the manifest again to resume")
-        for clip_id, row in rows_by_clip.items() if clip_id not in ended
-    ]
-    invalid = [
-        LedgerRecord(row=bad.row, clip_id=bad.clip_id, status="failed", error=str(bad.error),
-                     worker=settings.worker_name)
-        for bad in parsed.invalid
-    ]
-    # The output's ledger becomes its own records plus the shards', each record once; the output's
-    # own are kept because a retry-failed run appends there.
-    kept = {(r.clip_id, r.finished_at, r.status): r for r in [*load_ledger(settings.output, settings).records, *merged.records]}
-    ledger = Ledger([*merge_ledgers([Ledger(kept.values())]).records, *unfinished, *invalid])
-    write_ledger(ledger, settings.output, settings)
-    latest = ledger.latest()
-    records = [latest[clip_id].model_dump(mode="json") for clip_id in [*rows_by_clip, *(b.clip_id for b in parsed.invalid)]]
-    summary = publish_batch_artifacts(records, settings.gpu_cost_per_hour, output_location(settings.output, "results.jsonl"))
-    return {**summary, "ledger": output_location(settings.output, "results.jsonl"), "records": records,
-            "shard_runs": [run.id.hex for run in launched]}
-
-
-def _wait_for(runs, poll_s: float = 5.0):
-    """The shard runs once each reached a final state (completed, failed, crashed or cancelled)."""
-    pending = {run.id for run in runs}
-    final = {}
-    with get_client(sync_client=True) as client:
-        while pending:
-            for run_id in list(pending):
-                run = client.read_flow_run(run_id)
-                if run.state is not None and run.state.is_final():
-                    final[run_id] = run
-                    pending.discard(run_id)
-            if pending:
-                time.sleep(poll_s)
-    return [final[run.id] for run in runs]
+    settings = flow_settings(output, makes_videos=False)
+    text = fetch_manifest(manifest, settings)
+    name = "pasted manifest" if is_csv_text(manifest) else posixpath.basename(redact(manifest).split("?")[0])
+    return run_on_fleet(f"scale-out {name}", text, name, defaults, settings,
+                        FleetLimits(max_wait_s=max_wait_hours * 3600), checkpoint, model_server, row_deployment)

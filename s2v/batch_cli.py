@@ -1,57 +1,179 @@
-"""`s2v run` and `s2v retry`: the batch flow in this process on Prefect's embedded API.
+"""`s2v run` and `s2v retry`: a batch flow in this process, on the machine's shared local Prefect API.
 
-Prefect is imported only when a batch starts, after its environment defaults are set, so `s2v --help`
-and `s2v generate` stay light.
+Prefect is imported only once a batch starts, after its environment is set, so `s2v --help` and
+`s2v generate` stay light. The flow runs in a thread: the main thread keeps the signals, so Ctrl-C or
+SIGTERM stops the generation at its next denoising step, records the row as interrupted, and exits
+130 within seconds; a second Ctrl-C exits at once.
 """
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import threading
-from pathlib import Path
+import time
+from collections import Counter
 
+from s2v.errors import BatchFailed, S2VError
+from s2v.settings import Settings
+
+EXIT_INTERRUPTED = 130
+STOP_GRACE_S = 8.0  # after the first Ctrl-C: the current step ends and the row is recorded well within this
 _PREFECT_DEFAULTS = {
-    # The embedded server needs more than the default 20 s to start on a 2-core machine.
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     # Telemetry writes were the source of SQLite "database is locked" tracebacks in runs that succeeded.
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
 
 
-def prepare_prefect(verbose: bool) -> None:
+def run_batch(manifest: str | None, settings: Settings, lookahead: int, verbose: bool, console) -> int:
+    """Run `manifest` (None: retry the output's failed rows); returns the exit status."""
+    if settings.checkpoint is None:
+        console.print("[yellow]No S2V_CHECKPOINT: using the tiny random-weight test checkpoint; its videos are "
+                      "coloured noise (records say tiny_checkpoint: true).[/yellow]")
+    if manifest is not None:
+        total = _check_manifest(manifest, settings)
+    else:
+        total = _report_retry(settings, console)
+        if not total:
+            return 0
+    _prepare_prefect(settings, verbose, console)
+    return _run_flow(manifest, settings, lookahead, total, console)
+
+
+def _check_manifest(manifest: str, settings: Settings) -> int:
+    """Parsed here first, so a broken manifest fails in a second, before Prefect or the model start."""
+    from flows.manifest import parse_manifest
+    from tasks.manifest import manifest_text
+
+    parsed = parse_manifest(manifest_text(manifest, settings), None, settings)
+    return len(parsed.rows) + len(parsed.invalid)
+
+
+def _report_retry(settings: Settings, console) -> int:
+    from flows.ledger import load_ledger
+
+    failed = load_ledger(settings.output, settings).retryable()
+    by_manifest = Counter(record.manifest or "manifest.csv" for record in failed)
+    where = ", ".join(f"{count} from manifest {name}" for name, count in by_manifest.items())
+    console.print(f"{len(failed)} failed row(s) to retry in {settings.output}" + (f": {where}" if where else ""))
+    return len(failed)
+
+
+def _prepare_prefect(settings: Settings, verbose: bool, console) -> None:
     for name, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(name, value)
     # Rows and the summary are shown by the progress bar and table; Prefect's own INFO lines would
     # interleave with them. --verbose brings them back.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    if not os.environ.get("PREFECT_API_URL"):
+        from s2v.local_api import ensure_local_api
+
+        os.environ["PREFECT_API_URL"] = ensure_local_api(settings)
+    if verbose:
+        console.print(f"Prefect API: {os.environ['PREFECT_API_URL']}")
 
 
-class LedgerProgress:
-    """Follows the ledger file the flow appends to and advances a progress bar, one row per line."""
+def _run_flow(manifest: str | None, settings: Settings, lookahead: int, total: int, console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    def __init__(self, ledger_file: Path, total: int, progress, task_id):
-        self.ledger_file, self.total = ledger_file, total
-        self.progress, self.task_id = progress, task_id
-        self.start_size = ledger_file.stat().st_size if ledger_file.exists() else 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._follow, daemon=True)
+    from flows.batch import batch, retry_failed
+    from flows.execute import row_listeners
+    from model_runtime import interrupt
+
+    outcome: dict = {}
+    common = dict(output=settings.output, checkpoint=str(settings.checkpoint or ""),
+                  model_server=str(settings.model_server or ""), lookahead=lookahead)
+
+    def run() -> None:
+        try:
+            if manifest is None:
+                state = retry_failed(**common, return_state=True)
+            else:
+                state = batch(manifest=manifest, **common, return_state=True)
+            outcome["summary"] = state.result(raise_on_failure=False)
+        except BaseException as exc:  # reported by the main thread
+            outcome["error"] = exc
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task_id = progress.add_task("rows", total=total)
+        listener = lambda record: progress.advance(task_id)  # noqa: E731
+        row_listeners.append(listener)
+        worker = threading.Thread(target=run, name="s2v-batch", daemon=True)
+        stopping = _StopOnSignal(console, interrupt)
+        try:
+            with stopping:
+                worker.start()
+                while worker.is_alive():
+                    worker.join(0.2)
+        finally:
+            row_listeners.remove(listener)
+    error = outcome.get("error")
+    if isinstance(error, S2VError):
+        raise error
+    if error is not None:
+        raise error
+    summary = outcome["summary"]
+    if isinstance(summary, BatchFailed):
+        summary = summary.summary
+    print_summary(console, summary)
+    if stopping.reason:
+        console.print(f"[yellow]{stopping.reason}: rows not finished are recorded as interrupted or were not "
+                      "started; run the same command again to resume.[/yellow]")
+        return EXIT_INTERRUPTED
+    return 1 if summary["failed"] or summary["interrupted"] else 0
+
+
+class _StopOnSignal:
+    """First SIGINT/SIGTERM: stop at the next step, exit once the row is recorded (at most STOP_GRACE_S).
+    Second: exit at once. The ledger is written per row as rows end, so nothing finished is lost."""
+
+    def __init__(self, console, interrupt):
+        self.console, self.interrupt = console, interrupt
+        self.reason: str | None = None
+        self._previous: dict = {}
 
     def __enter__(self):
-        self._thread.start()
+        self.interrupt.clear()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._on_signal)
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._update()
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self.interrupt.clear()
 
-    def _follow(self) -> None:
-        while not self._stop.wait(0.5):
-            self._update()
+    def _on_signal(self, signum, _frame) -> None:
+        if self.reason is not None:
+            os._exit(EXIT_INTERRUPTED)
+        self.reason = "interrupted (Ctrl-C)" if signum == signal.SIGINT else "stopped (SIGTERM)"
+        self.interrupt.request_stop(self.reason)
+        self.console.print(f"[yellow]{self.reason}: stopping the generation at its next step "
+                           "(Ctrl-C again to quit now)[/yellow]")
+        threading.Thread(target=self._exit_after_grace, daemon=True).start()
 
-    def _update(self) -> None:
-        if not self.ledger_file.exists():
-            return
-        with open(self.ledger_file, "rb") as handle:
-            handle.seek(self.start_size)
-            ended = handle.read().count(b"\n")
-        self.progress.update(self.task_id, completed=min(ended, self.total))
+    @staticmethod
+    def _exit_after_grace() -> None:
+        time.sleep(STOP_GRACE_S)
+        sys.stderr.write("s2v: still busy after the grace time; quitting now (rows recorded so far are kept)\n")
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+
+def print_summary(console, summary: dict) -> None:
+    from rich.table import Table
+
+    failed = summary["failed"] + summary.get("interrupted", 0)
+    table = Table(title=f"{summary['succeeded']} succeeded, {failed} failed, {summary['skipped']} skipped")
+    for column in ("row", "clip", "status", "seconds", "url or error"):
+        table.add_column(column)
+    for record in summary["records"]:
+        detail = record["url"] if record["status"] in ("succeeded", "skipped") else record["error"]
+        table.add_row(str(record["row"]), record["clip_id"], record["status"],
+                      f"{record['total_time']:.1f}" if record.get("total_time") else "", detail or "")
+    console.print(table)
+    console.print(f"output: {summary['output']} (ledger: results.jsonl, results.csv; estimated GPU cost "
+                  f"${summary['estimated_cost_usd']:.4f})")
+    if summary.get("tiny_checkpoint"):
+        console.print("[yellow]made with the tiny random-weight test checkpoint: the videos are noise[/yellow]")

@@ -122,69 +122,68 @@ def run(
     lookahead: int = typer.Option(2, min=1, max=16, help="rows fetched ahead of the generating one"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's run logs"),
 ) -> None:
-    """Run the batch flow over a manifest; exits 1 if any row failed."""
-    _run_batch(manifest, output, checkpoint, server, lookahead, verbose, retry=False)
+    """Run the batch flow over a manifest; exits 1 if any row failed, 130 when interrupted."""
+    _run_batch(manifest, output, checkpoint, server, lookahead, verbose)
 
 
 @app.command()
 def retry(
-    output: str = typer.Argument(..., help="output location of an earlier batch (holds results.jsonl)"),
+    output: str = typer.Argument(..., help="output location of earlier batches (holds their ledger and manifests)"),
     checkpoint: Optional[Path] = typer.Option(None),
     server: Optional[Path] = typer.Option(None),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Rerun the rows of an earlier batch whose latest ledger record failed."""
-    _run_batch(None, output, checkpoint, server, 2, verbose, retry=True)
+    """Rerun every row whose latest ledger record failed or was interrupted, from whichever manifest it came."""
+    _run_batch(None, output, checkpoint, server, 2, verbose)
 
 
-def _run_batch(manifest, output, checkpoint, server, lookahead, verbose, retry) -> None:
-    from s2v.batch_cli import prepare_prefect
-
-    prepare_prefect(verbose)
+def _run_batch(manifest, output, checkpoint, server, lookahead, verbose) -> None:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flows.batch import batch, retry_failed
-    from flows.ledger import load_ledger, local_ledger_file
-    from flows.manifest import parse_manifest
-    from s2v.batch_cli import LedgerProgress
+    from s2v.batch_cli import run_batch
 
     console = Console(stderr=True)
     try:
         settings = _settings(output=output, checkpoint=checkpoint, model_server=server)
-        if retry:
-            total = len(load_ledger(settings.output, settings).failed_rows())
-        else:
-            # Parsed here first so a broken manifest fails in a second, before Prefect starts.
-            parsed = parse_manifest(manifest, None, settings)
-            total = len(parsed.rows) + len(parsed.invalid)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console) as progress:
-            task_id = progress.add_task("rows", total=total)
-            with LedgerProgress(local_ledger_file(settings.output, settings), total, progress, task_id):
-                common = dict(checkpoint=str(checkpoint) if checkpoint else None,
-                              model_server=str(server) if server else None, lookahead=lookahead)
-                if retry:
-                    summary = retry_failed(output=settings.output, **common)
-                else:
-                    summary = batch(manifest=manifest, output=settings.output, **common)
+        code = run_batch(manifest, settings, lookahead, verbose, console)
     except S2VError as exc:
         _fail(exc)
-    _print_summary(console, summary)
-    if summary["failed"]:
-        raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
-def _print_summary(console, summary: dict) -> None:
-    from rich.table import Table
+@app.command()
+def check(
+    manifest: str = typer.Argument(..., help="CSV manifest: path, file://, http(s):// or s3:// URI"),
+    checkpoint: Optional[Path] = typer.Option(None, help="checkpoint whose measured speed estimates the times"),
+) -> None:
+    """Check every row without loading the model: values, files, downloads, decoding, durations, time needed.
 
-    table = Table(title=f"{summary['succeeded']} succeeded, {summary['failed']} failed, {summary['skipped']} skipped")
-    for column in ("row", "clip", "status", "seconds", "url or error"):
-        table.add_column(column)
-    for record in summary["records"]:
-        detail = record["url"] if record["status"] != "failed" else record["error"]
-        table.add_row(str(record["row"]), record["clip_id"], record["status"],
-                      f"{record['total_time']:.1f}" if record.get("total_time") else "", detail or "")
-    console.print(table)
-    console.print(f"ledger: {summary['ledger']}  (estimated GPU cost ${summary['estimated_cost_usd']:.4f})")
+    Prints one line per row and exits 1 when any row is bad.
+    """
+    from rich.console import Console
 
+    from s2v.check_cli import check_manifest
+
+    console = Console()
+    try:
+        bad = check_manifest(manifest, _settings(checkpoint=checkpoint), console)
+    except S2VError as exc:
+        _fail(exc)
+    raise typer.Exit(1 if bad else 0)
+
+
+@app.command("local-api")
+def local_api(
+    action: str = typer.Argument("status", help="status or stop"),
+) -> None:
+    """The local Prefect API that `s2v run` and `s2v retry` share on this machine (started on first use)."""
+    from s2v.local_api import api_home, running_url, stop_local_api
+
+    settings = _settings()
+    if action == "stop":
+        typer.echo("stopped" if stop_local_api(settings) else "not running")
+    elif action == "status":
+        url = running_url(api_home(settings))
+        typer.echo(f"running at {url.removesuffix('/api')} (home {api_home(settings)})" if url else "not running")
+    else:
+        _fail(InputError("action", action, "expected status or stop"))

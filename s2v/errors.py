@@ -53,3 +53,11 @@ class TransientError(S2VError):
 
 class ModelServerError(S2VError):
     """The model server could not be reached, started, or answered with an error."""
+
+
+class BatchFailed(S2VError):
+    """Every row of a batch failed; `summary` says how each ended (the ledger has the details)."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary

@@ -44,12 +44,22 @@ def test_missing_required_column_lists_expected_columns(settings):
 def test_unreadable_manifest_is_a_manifest_error(tmp_path, settings):
     with pytest.raises(ManifestError, match="file not found"):
         parse_manifest(tmp_path / "nope.csv", settings=settings)
-    latin1 = tmp_path / "latin1.csv"
-    latin1.write_bytes("image,audio,prompt\na.jpg,a.wav,caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ManifestError, match="not UTF-8"):
-        parse_manifest(latin1, settings=settings)
     with pytest.raises(ManifestError, match="not valid CSV"):
         parse_manifest('image,audio\na.jpg,"b.wav\n', settings=settings)
+    with pytest.raises(ManifestError, match="no rows, only a header"):
+        parse_manifest("image,audio\n", settings=settings)
+
+
+def test_spreadsheet_exports_keep_their_accents(tmp_path, settings, caplog):
+    """Excel's "CSV" (Windows-1252) and "Unicode text" (UTF-16 with BOM, tab-separated) exports."""
+    cp1252 = tmp_path / "excel.csv"
+    cp1252.write_bytes("image,audio,prompt\na.jpg,a.wav,Café – déjà vu\n".encode("cp1252"))
+    assert parse_manifest(cp1252, settings=settings).rows[0].prompt == "Café – déjà vu"
+    assert "read as Windows-1252" in caplog.text
+    unicode_text = tmp_path / "excel.txt"
+    unicode_text.write_bytes("image\taudio\tprompt\na.jpg\ta.wav\tŁódź, naïve\n".encode("utf-16"))
+    row = parse_manifest(unicode_text, settings=settings).rows[0]
+    assert (row.image, row.prompt) == ("a.jpg", "Łódź, naïve")
 
 
 def test_unknown_columns_warn_and_are_logged(settings, caplog):

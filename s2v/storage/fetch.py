@@ -74,6 +74,12 @@ def read_text(uri: str, settings: Settings, field: str = "manifest", max_bytes: 
         raise InputError(field, redact(uri), f"not UTF-8 text (bad byte at offset {exc.start})") from None
 
 
+def read_bytes(uri: str, settings: Settings, field: str = "manifest", max_bytes: int = MAX_TEXT_BYTES) -> bytes:
+    """The bytes at `uri` (at most `max_bytes`), read with the same schemes, guards and errors as inputs."""
+    with closing(_read_chunks(uri, field, settings, max_bytes)) as chunks:
+        return b"".join(chunks)
+
+
 def _limit_bytes(field: str, settings: Settings) -> int:
     megabytes = settings.max_image_mb if "image" in field else settings.max_audio_mb
     return math.ceil(megabytes * MiB)

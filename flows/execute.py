@@ -1,0 +1,65 @@
+"""One batch of rows on this worker, start to end: ledger, live cards, the pipeline, the final state."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import State
+
+from flows.ledger import LedgerRecord, LedgerStore
+from flows.manifest import ClipRow, InvalidRow
+from flows.pipeline import record_invalid_rows, run_rows
+from flows.report import BatchReport, final_state
+from s2v.settings import Settings
+
+# Called with every record as its row ends, in this process (the CLI's progress bar listens here).
+row_listeners: list[Callable[[LedgerRecord], None]] = []
+
+
+def execute_rows(
+    title: str,
+    rows: Sequence[ClipRow],
+    invalid: Sequence[InvalidRow],
+    settings: Settings,
+    lookahead: int = 2,
+    compact: bool = True,
+    shared_cards: bool = True,
+) -> State:
+    """Every row ends in the ledger at `settings.output`; returns the run's final state (data: summary)."""
+    from model_runtime.interrupt import stop_requested
+
+    logger = get_run_logger()
+    store = LedgerStore(settings.output, settings)
+    order = sorted([*rows, *invalid], key=lambda row: row.row)
+    report = BatchReport(title, [row.clip_id for row in order], settings, shared=shared_cards)
+    ended: list[LedgerRecord] = []
+
+    def on_row_end(record: LedgerRecord) -> None:
+        ended.append(record)
+        report.row_ended(record)
+        for listener in list(row_listeners):
+            listener(record)
+
+    for bad in invalid:
+        logger.warning("row %d is invalid: %s", bad.row, bad.error)
+    record_invalid_rows(invalid, store, settings, on_row_end)
+    run_rows(rows, settings=settings, store=store, lookahead=lookahead,
+             on_row_end=on_row_end, should_stop=stop_requested)
+    waiting = store.flush()
+    if waiting:
+        logger.warning("%d ledger record(s) could not be uploaded to %s yet; they wait on this machine and go up "
+                       "with the next run (or `s2v retry`)", waiting, settings.output)
+    elif compact:
+        try:
+            store.compact()
+        except Exception as exc:  # the records are stored; only the people's view is stale
+            logger.warning("results.jsonl/results.csv not refreshed (%s: %s); the next run refreshes them",
+                           type(exc).__name__, exc)
+    stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{(flow_run.id or 'local')[:8]}"
+    summary = report.finish(f"contact-sheets/{stamp}.jpg")
+    summary["records"] = [record.model_dump(mode="json") for record in ended]
+    summary["output"] = settings.output
+    logger.info("%s ended: %s", title, {k: v for k, v in summary.items() if k != "records"})
+    return final_state(summary, title)

@@ -1,0 +1,38 @@
+"""One manifest row on one GPU worker (`s2v-row`): the unit the fleet hands out (flows/fleet.py)."""
+from __future__ import annotations
+
+from prefect import flow
+from prefect.states import State
+
+from flows.batch import RUNNER
+from flows.context import flow_settings
+from flows.execute import execute_rows
+from flows.kept_manifests import load_manifest
+from flows.logs import hide_input_error_tracebacks
+from flows.manifest import parse_manifest
+from s2v.errors import ManifestError
+
+
+@flow(name="s2v-row", task_runner=RUNNER)
+def row(output: str, manifest: str, clip_id: str, row: int = 0, checkpoint: str = "", model_server: str = "") -> State:
+    """Make the video of one row of a manifest kept under the output; its record joins the output's ledger.
+
+    Args:
+        output: the output location (local folder or s3://bucket/prefix) that keeps the manifest under manifests/
+        manifest: id of the kept manifest (manifests/<id>.csv)
+        clip_id: the row's clip id
+        row: the row's number in the manifest (shown in the run's name)
+        checkpoint: Wan2.2-S2V checkpoint folder (empty: S2V_CHECKPOINT of the worker)
+        model_server: Unix socket of the warm model server (empty: S2V_MODEL_SERVER of the worker)
+    """
+    hide_input_error_tracebacks()
+    settings = flow_settings(output, checkpoint, model_server)
+    kept = load_manifest(settings.output, manifest, settings)
+    parsed = parse_manifest(kept.text, kept.defaults, settings, manifest_id=manifest)
+    rows = [r for r in parsed.rows if r.clip_id == clip_id]
+    invalid = [r for r in parsed.invalid if r.clip_id == clip_id]
+    if not rows and not invalid:
+        raise ManifestError(f"manifest {manifest} under {settings.output} has no row with clip_id {clip_id!r}")
+    # The parent refreshes the output's views; a row run only adds its record.
+    return execute_rows(f"row {(rows or invalid)[0].row} ({clip_id})", rows, invalid, settings, lookahead=1,
+                        compact=False, shared_cards=False)

@@ -1,0 +1,57 @@
+"""Runs whose host died become Crashed: Prefect's flow-run heartbeats and one proactive automation.
+
+A flow run on a GPU host sends a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (30, the
+least Prefect allows; prefect.yaml sets it for the GPU pool). When a run that has sent one goes silent
+for HEARTBEAT_TIMEOUT_S without reaching a final state, the automation below marks it Crashed, so the
+UI tells the truth and a parent run hands its row to another worker. Prefect evaluates proactive
+triggers every 5 s, so a dead host's run is Crashed within about HEARTBEAT_TIMEOUT_S + 5 s of its
+last heartbeat.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+AUTOMATION_NAME = "s2v: crash flow runs whose host stopped sending heartbeats"
+HEARTBEAT_S = 30
+HEARTBEAT_TIMEOUT_S = 90  # three missed heartbeats
+
+log = logging.getLogger(__name__)
+
+
+def zombie_automation():
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    final = {f"prefect.flow-run.{name}" for name in ("Completed", "Failed", "Cancelled", "Crashed")}
+    return AutomationCore(
+        name=AUTOMATION_NAME,
+        description=f"A flow run that sent a heartbeat and then none for {HEARTBEAT_TIMEOUT_S} s lost its host "
+                    "(killed, out of memory, power): mark it Crashed so its work is handed out again.",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *final},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=HEARTBEAT_TIMEOUT_S),
+        ),
+        actions=[ChangeFlowRunState(
+            state=StateType.CRASHED,
+            message=f"no heartbeat for {HEARTBEAT_TIMEOUT_S} s: its worker or host is gone",
+        )],
+    )
+
+
+def ensure_zombie_automation() -> bool:
+    """Create the automation on the Prefect server unless one of that name exists; True when created."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        if client.read_automations_by_name(AUTOMATION_NAME):
+            return False
+        client.create_automation(zombie_automation())
+    log.info("created the automation %r", AUTOMATION_NAME)
+    return True

@@ -134,8 +134,10 @@ def test_start_script_fails_fast_when_the_model_cannot_load(tmp_path, socket_dir
 
 
 def _runpod_job(job_input: dict, env: dict) -> tuple[int, str]:
+    # PYTHONPATH: a script's own folder comes first on sys.path, so the checkout's packages must be named
     proc = subprocess.run([sys.executable, "deployments/runpod/handler.py", "--test_input", json.dumps({"input": job_input})],
-                          cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, check=False, capture_output=True, text=True,
+                          timeout=600)
     return proc.returncode, proc.stdout + proc.stderr
 
 

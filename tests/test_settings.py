@@ -37,7 +37,7 @@ def test_input_roots_accepts_plain_and_json(monkeypatch, tmp_path):
         ("S2V_DOWNLOAD_STAGE_TIMEOUT_S", "-5", "S2V_DOWNLOAD_STAGE_TIMEOUT_S='-5': must be a number of seconds > 0"),
         ("S2V_DEVICE", "gpu", "S2V_DEVICE='gpu': must be one of auto, cpu, cuda"),
         ("S2V_LOCAL_INPUTS", "maybe", "S2V_LOCAL_INPUTS='maybe': must be true or false"),
-        ("S2V_PRESIGN_SECONDS", "1.5", "S2V_PRESIGN_SECONDS='1.5': must be a whole number > 0"),
+        ("S2V_PRESIGN_SECONDS", "1.5", "S2V_PRESIGN_SECONDS='1.5': must be a whole number of seconds > 0"),
         ("S2V_ALLOWED_HOSTS", '["a"', """S2V_ALLOWED_HOSTS='["a"': must be a comma-separated list (a,b) or a JSON list"""),
     ],
 )

@@ -23,6 +23,17 @@ class InputError(S2VError, ValueError):
         return InputError(self.field, self.value, self.reason, row=row)
 
 
+class ConfigError(S2VError):
+    """A setting (an S2V_* variable, .env or a command option) has a value that cannot be used."""
+
+    def __init__(self, name: str, value: Any, expected: str):
+        self.name, self.value, self.expected = name, value, expected
+        shown = repr(value)
+        if len(shown) > 200:
+            shown = shown[:197] + "..."
+        super().__init__(f"{name}={shown}: {expected}")
+
+
 class ManifestError(S2VError):
     """The manifest as a whole cannot be used (unreadable, missing columns, duplicate ids)."""
 

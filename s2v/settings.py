@@ -1,21 +1,36 @@
-"""Typed configuration, read from `S2V_*` environment variables (and a `.env` file if present)."""
+"""Typed configuration, read from `S2V_*` environment variables (and a `.env` file if present).
+
+Build settings with `get_settings()` or `load_settings(**overrides)`: a bad value becomes one
+`ConfigError` line naming the variable and the expected form, never a pydantic traceback.
+"""
 from __future__ import annotations
 
+import json
+import os
 import socket
+import sys
 from pathlib import Path
-from typing import Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from s2v.errors import ConfigError
 
 DEFAULT_SOCKET = Path("/tmp/wan2_s2v_model_server.sock")
+ENV_PREFIX = "S2V_"
+TINY = "tiny"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="S2V_", env_file=".env", extra="ignore")
+    # An empty variable (S2V_CHECKPOINT=) means unset, not the current folder.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", env_ignore_empty=True)
 
     # Model
-    checkpoint: Path | None = Field(None, description="Wan2.2-S2V checkpoint folder; unset = the tiny one")
+    checkpoint: Path | Literal["tiny"] | None = Field(
+        None, description='Wan2.2-S2V checkpoint folder, or "tiny" for the tiny random-weight test checkpoint'
+    )
     cache_dir: Path = Field(Path.home() / ".cache" / "s2v", description="where the tiny checkpoint and work files live")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -31,9 +46,30 @@ class Settings(BaseSettings):
     max_image_mb: float = Field(50.0, gt=0)
     max_audio_mb: float = Field(200.0, gt=0)
     max_audio_seconds: float = Field(600.0, gt=0)
-    download_timeout_s: float = Field(60.0, gt=0)
-    input_roots: list[Path] | None = Field(None, description="local paths allowed as inputs; unset = any readable")
-    allowed_hosts: list[str] = Field(default_factory=list, description="hosts allowed even if private/loopback")
+    max_lora_mb: float = Field(2048.0, gt=0, description="size limit of a LoRA file (safetensors)")
+    max_pose_video_mb: float = Field(200.0, gt=0, description="size limit of a pose video")
+    download_timeout_s: float = Field(
+        60.0, gt=0, description="wall-clock limit of one input download (connect + whole body), however slowly bytes arrive"
+    )
+    lora_download_timeout_s: float = Field(
+        900.0, gt=0, description="wall-clock limit of one LoRA download (LoRAs are large and cached across rows)"
+    )
+    download_stage_timeout_s: float = Field(
+        300.0, gt=0,
+        description="wall-clock limit of a row's whole download stage, all retries included "
+                    "(plus lora_download_timeout_s when the row has to fetch a LoRA that is not cached yet)",
+    )
+    local_inputs: bool = Field(
+        False, description="accept local paths and file:// as inputs anywhere (the CLI on one machine sets this)"
+    )
+    input_roots: Annotated[list[Path] | None, NoDecode] = Field(
+        None,
+        description="folders whose files are accepted as local inputs (comma-separated or a JSON list); "
+                    "when set, local paths elsewhere are refused even with local_inputs",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="hosts allowed even if private/loopback (comma-separated or a JSON list)"
+    )
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. Cloudflare R2")
 
     # Outputs
@@ -43,7 +79,100 @@ class Settings(BaseSettings):
     gpu_cost_per_hour: float = Field(3.99, ge=0, description="for the batch cost estimate")
     worker_name: str = Field(default_factory=socket.gethostname, description="recorded in the ledger per row")
 
+    @field_validator("input_roots", "allowed_hosts", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        # Environment values arrive as text: `a,b` or a JSON list; an empty value means "none".
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError("not a valid JSON list") from None
+        return [item.strip() for item in text.split(",") if item.strip()]
+
+    def checkpoint_path(self) -> Path | Literal["tiny"] | None:
+        """The checkpoint folder (user folder expanded), "tiny" for the tiny test checkpoint, or None if unset."""
+        if isinstance(self.checkpoint, Path):
+            return self.checkpoint.expanduser()
+        return self.checkpoint
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from S2V_* variables (and .env) with `overrides` on top; a bad value raises ConfigError.
+
+    A bad override is named by its field (`generation_timeout_s`), a bad variable by its name
+    (`S2V_GENERATION_TIMEOUT_S`), so the message points at what the person has to change.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise _config_error(exc, overrides) from None
+    except SettingsError as exc:  # pydantic-settings could not parse a variable at all
+        raise ConfigError("settings", "", str(exc).splitlines()[0]) from None
+
 
 def get_settings() -> Settings:
     # Read anew on each call: cheap, and tests or a worker can change the environment between runs.
-    return Settings()
+    return load_settings()
+
+
+def _config_error(exc: ValidationError, overrides: dict[str, Any]) -> ConfigError:
+    first = exc.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else ""
+    name = field if field in overrides else ENV_PREFIX + field.upper()
+    value = overrides[field] if field in overrides else first.get("input")
+    if field not in overrides and len(first["loc"]) > 1:  # one item of a list: show the whole variable
+        value = os.environ.get(name, value)
+    info = Settings.model_fields.get(field)
+    expected = _expected(field, info) if info is not None else ""
+    return ConfigError(name, value, f"must be {expected}" if expected else _lower_first(first["msg"]))
+
+
+def _expected(field: str, info: Any) -> str:
+    """The accepted form of a field, in words: 'a number of seconds > 0', 'one of auto, cpu, cuda'."""
+    annotation = info.annotation  # pydantic keeps Annotated's extras (NoDecode, gt=0) in info.metadata
+    kinds = [arg for arg in get_args(annotation) if arg is not type(None)] if _is_union(annotation) else [annotation]
+    literals = [str(value) for kind in kinds if get_origin(kind) is Literal for value in get_args(kind)]
+    if any(get_origin(kind) is list for kind in kinds):
+        return "a comma-separated list (a,b) or a JSON list ([\"a\", \"b\"])"
+    if kinds == [bool]:
+        return "true or false"
+    if kinds and all(kind in (int, float) for kind in kinds):
+        unit = {"s": " of seconds", "seconds": " of seconds", "mb": " of MB", "gb": " of GB"}.get(field.rpartition("_")[2], "")
+        noun = "a whole number" if kinds == [int] else "a number"
+        bounds = "".join(
+            f" {symbol} {getattr(rule, attr):g}"
+            for rule in info.metadata
+            for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+            if getattr(rule, attr, None) is not None
+        )
+        return f"{noun}{unit}{bounds}"
+    if literals:
+        return "one of " + ", ".join(literals) + (" or a folder" if Path in kinds else "")
+    if Path in kinds:
+        return "a path"
+    return ""
+
+
+def _is_union(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, UnionType)
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _one_line_config_errors(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """A ConfigError that nothing caught ends the program with its one line, not a traceback."""
+    if isinstance(exc, ConfigError):
+        print(f"error: {exc}", file=sys.stderr)
+    else:
+        _previous_excepthook(kind, exc, tb)
+
+
+if getattr(sys.excepthook, "__name__", "") != _one_line_config_errors.__name__:
+    _previous_excepthook = sys.excepthook
+    sys.excepthook = _one_line_config_errors

@@ -14,6 +14,8 @@ PORTRAIT = (EXAMPLES / "portrait_anna.jpg").read_bytes()
 SPEECH = (EXAMPLES / "speech_hello.wav").read_bytes()
 BIG = b"\0" * (3 * 1024 * 1024)
 SECRET = "hunter2-SECRET"
+DRIP_SECONDS = 2.0  # the slow-drip routes send one byte this often
+DRIP_BYTES = 60  # ... and give up after this many, so a test that does not cut them still ends
 
 
 class FileServer:
@@ -21,6 +23,7 @@ class FileServer:
 
     def __init__(self):
         self.hits: Counter[str] = Counter()
+        self.files: dict[str, bytes] = {}  # served at /files/<name>, for content a test makes
         self.hosts: list[str] = []
         owner = self
 
@@ -63,6 +66,10 @@ class FileServer:
         if path == "/slow.wav":
             time.sleep(2)
             return self.send(handler, 200, SPEECH)
+        if path.startswith("/drip"):
+            return self.drip(handler, path)
+        if path.startswith("/files/") and path.removeprefix("/files/") in self.files:
+            return self.send(handler, 200, self.files[path.removeprefix("/files/")])
         if path == "/signed.jpg":
             return self.send(handler, 403, b"expired")
         if path == "/redirect-relative":
@@ -76,7 +83,37 @@ class FileServer:
         handler.send_response(status)
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
-        handler.wfile.write(body)
+        try:
+            handler.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a deadline test)
+            pass
+
+    @staticmethod
+    def drip(handler, path: str) -> None:
+        """One byte every DRIP_SECONDS: a read timeout never fires, only a deadline can end it.
+
+        /drip.wav announces a length, /drip-unsized.wav ends the body by closing (a cut connection
+        looks complete), /drip-headers.wav trickles its header lines.
+        """
+        try:
+            if path == "/drip-headers.wav":
+                handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                payload = b"X-Slow: " + b"x" * DRIP_BYTES
+            else:
+                handler.send_response(200)
+                if path == "/drip-unsized.wav":
+                    handler.send_header("Connection", "close")
+                else:
+                    handler.send_header("Content-Length", str(10 * DRIP_BYTES))
+                handler.end_headers()
+                payload = SPEECH[:DRIP_BYTES]
+            for index in range(len(payload)):
+                handler.wfile.write(payload[index:index + 1])
+                handler.wfile.flush()
+                time.sleep(DRIP_SECONDS)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        handler.close_connection = True
 
     @staticmethod
     def redirect(handler, location: str) -> None:

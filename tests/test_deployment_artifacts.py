@@ -134,8 +134,10 @@ def test_start_script_fails_fast_when_the_model_cannot_load(tmp_path, socket_dir
 
 
 def _runpod_job(job_input: dict, env: dict) -> tuple[int, str]:
+    # PYTHONPATH: a script's own folder comes first on sys.path, so the checkout's packages must be named
     proc = subprocess.run([sys.executable, "deployments/runpod/handler.py", "--test_input", json.dumps({"input": job_input})],
-                          cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, check=False, capture_output=True, text=True,
+                          timeout=600)
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -147,14 +149,14 @@ def _job_output(log: str) -> dict:
 @pytest.mark.slow
 def test_runpod_handler_keeps_the_seed_api_and_stays_warm(tiny_checkpoint, tmp_path, socket_dir):
     from model_runtime.client import ModelServerClient
-    from s2v.settings import Settings
+    from s2v.settings import load_settings
 
     socket_path = socket_dir / "rp.sock"
     env = {**os.environ, "S2V_CHECKPOINT": str(tiny_checkpoint), "S2V_DEVICE": "cpu", "S2V_MODEL_SERVER": str(socket_path),
-           "S2V_OUTPUT": str(tmp_path / "out"), "S2V_CACHE_DIR": str(tmp_path / "cache")}
+           "S2V_OUTPUT": str(tmp_path / "out"), "S2V_CACHE_DIR": str(tmp_path / "cache"), "S2V_INPUT_ROOTS": str(EXAMPLES)}
     job = {"image_url": str(PORTRAIT), "audio_url": f"file://{SPEECH}", "prompt": "A person speaking", "resolution": "480p",
            "sample_steps": 15}
-    server = ModelServerClient(socket_path, Settings(), autostart=False)
+    server = ModelServerClient(socket_path, load_settings(), autostart=False)
     try:
         code, log = _runpod_job(job, env)
         assert code == 0, log[-3000:]
@@ -177,8 +179,10 @@ def test_runpod_handler_keeps_the_seed_api_and_stays_warm(tiny_checkpoint, tmp_p
         assert code == 1 and "sample_steps=99" in log and "Traceback" not in log
         code, log = _runpod_job({"image_url": str(PORTRAIT)}, env)
         assert code == 1 and "audio_url=None: required" in log and "Traceback" not in log
-        code, log = _runpod_job({**job, "image_url": str(tmp_path / "nope.jpg")}, env)
+        code, log = _runpod_job({**job, "image_url": str(EXAMPLES / "nope.jpg")}, env)
         assert code == 1 and "image_url=" in log and "file not found" in log and "Traceback" not in log
+        code, log = _runpod_job({**job, "image_url": "/etc/hostname"}, env)
+        assert code == 1 and "outside the allowed input folders (S2V_INPUT_ROOTS)" in log
     finally:
         if socket_path.exists():
             server.shutdown()
@@ -188,7 +192,7 @@ def test_runpod_handler_keeps_the_seed_api_and_stays_warm(tiny_checkpoint, tmp_p
 def test_runpod_handler_v1_runs_a_cold_process_per_job(tiny_checkpoint, tmp_path, socket_dir):
     env = {**os.environ, "HANDLER_VERSION": "v1", "S2V_CHECKPOINT": str(tiny_checkpoint), "S2V_DEVICE": "cpu",
            "S2V_MODEL_SERVER": str(socket_dir / "unused.sock"), "S2V_OUTPUT": str(tmp_path / "out"),
-           "S2V_CACHE_DIR": str(tmp_path / "cache")}
+           "S2V_CACHE_DIR": str(tmp_path / "cache"), "S2V_INPUT_ROOTS": str(EXAMPLES)}
     code, log = _runpod_job({"image_url": str(PORTRAIT), "audio_url": str(SPEECH), "sample_steps": 15}, env)
     assert code == 0, log[-3000:]
     output = _job_output(log)

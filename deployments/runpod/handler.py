@@ -5,6 +5,12 @@ Input:  {"image_url", "audio_url", "prompt"?, "resolution"? (480p|720p), "sample
 Output: {"video_url", "generation_time", "total_time", "video_size_mb", "resolution", "sample_steps",
          "warm_model"}; a bad input returns {"error": "<field>=<value>: <reason>"}.
 
+Inputs are URLs (http(s)://, s3://). Local paths and file:// are refused before the filesystem is
+touched, unless the operator names the folders they may come from in S2V_INPUT_ROOTS (S2V_LOCAL_INPUTS
+does not apply here: a caller must not read the worker's files). Input copies live in a temporary
+folder removed when the job ends; replies name inputs by their source, never by those copies.
+The worker refuses to start without S2V_CHECKPOINT (S2V_CHECKPOINT=tiny: the tiny test checkpoint).
+
 HANDLER_VERSION=v2 (default) runs the pipeline's own stages in this process against the warm model
 server, which the first job starts if none is running (as the seed did). HANDLER_VERSION=v1 runs each
 job as a fresh `s2v generate` process (cold, for comparison).
@@ -26,10 +32,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from s2v.errors import InputError, S2VError
-from s2v.settings import Settings, get_settings
+from s2v.settings import TINY, Settings, get_settings, load_settings
 
 if TYPE_CHECKING:
     from model_runtime.request import GenerationRequest
+    from s2v.storage.fetch import FetchedInput
 
 log = logging.getLogger("s2v.runpod")
 URL_FIELDS = ("image_url", "audio_url")
@@ -55,26 +62,28 @@ def _handle(job_input: object, started: float) -> dict:
         raise InputError("input", job_input, "must be a JSON object")
     for field in URL_FIELDS:
         if not isinstance(job_input.get(field), str) or not job_input[field].strip():
-            raise InputError(field, job_input.get(field), "required: a URL (http(s)://, s3://) or a path")
+            raise InputError(field, job_input.get(field), "required: a URL (http(s)://, s3://)")
     options = {k: v for k, v in job_input.items() if k in GenerationOptions.model_fields and v is not None}
     # Validated before anything is downloaded or the model server is started; the paths come later.
     request = GenerationRequest.parse({"image_path": job_input["image_url"], "audio_path": job_input["audio_url"], **options})
 
-    settings = get_settings()
+    settings = load_settings(local_inputs=False)
     with tempfile.TemporaryDirectory(prefix="s2v-runpod-") as work:
         work = Path(work)
-        image, audio = _fetch(job_input, work, settings)
-        request = request.model_copy(update={"image_path": image, "audio_path": audio})
-        video = work / "video.mp4"
-        if os.environ.get("HANDLER_VERSION", "v2") == "v1":
-            result = _generate_cold(request, video)
-        else:
-            from model_runtime.client import ServerRuntime
-
-            # One call: the server encodes the speech and generates, and the client knows whether it
-            # had to start (load) the server for it, which is what warm_model reports.
-            result = ServerRuntime(settings).generate(request, video).model_dump(mode="json")
-        url = put_output(video, settings.output, f"runpod/{uuid.uuid4().hex}.mp4", settings)
+        inputs: tuple[FetchedInput, ...] = ()
+        try:
+            inputs = _fetch(job_input, work, settings)
+            image, audio = (fetched.path for fetched in inputs)
+            request = request.model_copy(update={"image_path": image, "audio_path": audio})
+            video = work / "video.mp4"
+            if os.environ.get("HANDLER_VERSION", "v2") == "v1":
+                result = _generate_cold(request, video)
+            else:
+                result = _generate_warm(request, video, settings)
+            url = put_output(video, settings.output, f"runpod/{uuid.uuid4().hex}.mp4", settings)
+        except S2VError as exc:
+            # The runtime names the copies it was given; the caller knows its inputs by their URLs.
+            raise S2VError(_without_work_paths(str(exc), work, inputs)) from None
     return {
         "video_url": url,
         "generation_time": result["generation_time"],
@@ -86,16 +95,33 @@ def _handle(job_input: object, started: float) -> dict:
     }
 
 
-def _fetch(job_input: dict, work: Path, settings: Settings) -> tuple[Path, Path]:
+def _fetch(job_input: dict, work: Path, settings: Settings) -> tuple[FetchedInput, FetchedInput]:
     """The download stage's steps (tasks/download.py) without its Prefect task wrapper."""
-    from tasks.download import check_audio, check_image
+    from s2v.media_checks import check_audio, check_image
     from s2v.storage.fetch import fetch_input
 
     image = fetch_input(job_input["image_url"], work / "inputs", "image_url", settings)
-    audio = fetch_input(job_input["audio_url"], work / "inputs", "audio_url", settings)
     check_image(image)
+    audio = fetch_input(job_input["audio_url"], work / "inputs", "audio_url", settings)
     check_audio(audio, settings.max_audio_seconds)
-    return image.path, audio.path
+    return image, audio
+
+
+def _without_work_paths(message: str, work: Path, inputs: tuple[FetchedInput, ...]) -> str:
+    for fetched in inputs:
+        message = message.replace(str(fetched.path), fetched.source)
+    for folder in {str(work), os.path.realpath(work)}:
+        message = message.replace(folder, "<job folder>")
+    return message
+
+
+def _generate_warm(request: GenerationRequest, video: Path, settings: Settings) -> dict:
+    """v2: the warm model server encodes the speech and generates (started by the first job if needed)."""
+    from model_runtime.client import ServerRuntime
+
+    # One call: the client knows whether it had to start (load) the server for it, which is what
+    # warm_model reports.
+    return ServerRuntime(settings).generate(request, video).model_dump(mode="json")
 
 
 def _generate_cold(request: GenerationRequest, video: Path) -> dict:
@@ -111,7 +137,23 @@ def _generate_cold(request: GenerationRequest, video: Path) -> dict:
     return json.loads(proc.stdout)
 
 
+def startup_problem(settings: Settings) -> str | None:
+    """Why this worker must not start, or None: a serverless worker without a real checkpoint
+    would otherwise answer every job with the tiny test model's noise."""
+    checkpoint = settings.checkpoint_path()
+    if checkpoint is None:
+        return ("S2V_CHECKPOINT is not set: point it at the Wan2.2-S2V-14B folder "
+                f"(S2V_CHECKPOINT={TINY} runs the tiny test checkpoint, for tests and demos only)")
+    if checkpoint != TINY and not checkpoint.is_dir():
+        return f"S2V_CHECKPOINT={checkpoint}: no such folder"
+    return None
+
+
 if __name__ == "__main__":
+    problem = startup_problem(get_settings())
+    if problem:
+        sys.exit(f"error: {problem}")
+
     import runpod
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -1,0 +1,140 @@
+"""Checks that fetched inputs are what they claim to be, before any model work: images, speech, pose
+videos and LoRA files.
+
+Light on purpose: no Prefect, no torch (the RunPod handler and the download task both use it).
+Every error is an InputError on the input's source URI, never on the work-folder copy, whose path
+is internal to the worker.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from s2v.errors import InputError
+from s2v.storage.fetch import FetchedInput
+
+MIN_AUDIO_SECONDS = 0.1
+MIN_POSE_FRAMES = 2
+MAX_SAFETENSORS_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit on the JSON header
+
+
+def check_image(fetched: FetchedInput) -> tuple[int, int]:
+    """(width, height) of the upright image, or InputError naming the source."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(fetched.path) as image:
+            image.load()
+            # Phone portraits carry their rotation in EXIF; the size that counts is the upright one.
+            return ImageOps.exif_transpose(image).size
+    except Image.DecompressionBombError as exc:
+        raise InputError(fetched.field, fetched.source, f"too many pixels to decode safely ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        detail = _without_path(str(exc), fetched.path)
+        reason = f"not a decodable image ({type(exc).__name__}{': ' + detail if detail else ''})"
+        raise InputError(fetched.field, fetched.source, reason) from None
+
+
+def check_audio(fetched: FetchedInput, max_seconds: float) -> tuple[float, int]:
+    """(duration in seconds, sample rate), or InputError naming the source and why.
+
+    soundfile reads the header and the first second (WAV, FLAC, OGG, MP3); formats it cannot read
+    (AAC/M4A, ...) fall back to librosa's audioread/ffmpeg path, which decodes the whole file.
+    """
+    import numpy as np
+    import soundfile
+
+    try:
+        info = soundfile.info(str(fetched.path))
+        seconds, sample_rate = info.frames / info.samplerate, info.samplerate
+        head, _ = soundfile.read(str(fetched.path), frames=min(info.frames, info.samplerate), dtype="float32")
+        decodes = bool(np.isfinite(head).all())
+    except RuntimeError:  # soundfile's LibsndfileError: a format libsndfile cannot read
+        seconds, sample_rate = _decode_with_librosa(fetched)
+        decodes = True
+    if not decodes:
+        raise InputError(fetched.field, fetched.source, "audio holds NaN or infinite samples")
+    if seconds <= MIN_AUDIO_SECONDS:
+        raise InputError(fetched.field, fetched.source, f"audio is {seconds:.2f} s long; more than {MIN_AUDIO_SECONDS} s of speech is needed")
+    if seconds > max_seconds:
+        raise InputError(fetched.field, fetched.source, f"audio is {seconds:.1f} s long; the limit is {max_seconds:g} s (S2V_MAX_AUDIO_SECONDS)")
+    return seconds, sample_rate
+
+
+def _decode_with_librosa(fetched: FetchedInput) -> tuple[float, int]:
+    import warnings
+
+    import librosa
+
+    try:
+        with warnings.catch_warnings():
+            # librosa warns before falling back from soundfile to audioread; the outcome is what counts.
+            warnings.simplefilter("ignore")
+            samples, sample_rate = librosa.load(str(fetched.path), sr=None, mono=True)
+    except Exception as exc:  # soundfile, audioread and numpy errors all mean "cannot decode"
+        raise InputError(fetched.field, fetched.source, f"not decodable audio ({type(exc).__name__})") from None
+    return len(samples) / sample_rate, int(sample_rate)
+
+
+def check_pose_video(fetched: FetchedInput) -> tuple[int, int, float]:
+    """(width, height, fps) of a pose video whose first frames decode, or InputError naming the source.
+
+    imageio-ffmpeg's bundled ffmpeg reads it; a file without a video stream (audio, text) or with a
+    single frame (a still image) is refused.
+    """
+    import imageio_ffmpeg
+
+    frames = imageio_ffmpeg.read_frames(str(fetched.path), output_params=["-frames:v", str(MIN_POSE_FRAMES)])
+    try:
+        meta = next(frames)
+        decoded = sum(1 for _ in frames)
+    except (OSError, RuntimeError, StopIteration):
+        # ffmpeg's log names the work-folder copy; the reason alone is what the caller can act on.
+        raise InputError(fetched.field, fetched.source, "not a decodable video (ffmpeg finds no video stream)") from None
+    finally:
+        frames.close()
+    if decoded < MIN_POSE_FRAMES:
+        raise InputError(
+            fetched.field, fetched.source, f"has {decoded} frame(s); a pose video needs at least {MIN_POSE_FRAMES}"
+        )
+    width, height = meta["size"]
+    return int(width), int(height), float(meta.get("fps") or 0.0)
+
+
+def check_safetensors(fetched: FetchedInput) -> int:
+    """The number of tensors in a safetensors file (8-byte little-endian header length, then a JSON
+    header of tensor entries whose data lies inside the file), or InputError naming the source."""
+
+    def refuse(why: str) -> InputError:
+        return InputError(fetched.field, fetched.source, f"not a safetensors file ({why})")
+
+    size = fetched.path.stat().st_size
+    with open(fetched.path, "rb") as source:
+        head = source.read(8)
+        if len(head) < 8:
+            raise refuse(f"{size} bytes, shorter than the 8-byte header length")
+        (header_bytes,) = struct.unpack("<Q", head)
+        if not 2 <= header_bytes <= min(size - 8, MAX_SAFETENSORS_HEADER_BYTES):
+            raise refuse(f"header length {header_bytes} does not fit a {size}-byte file")
+        try:
+            header = json.loads(source.read(header_bytes))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise refuse("the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise refuse("the header is not a JSON object")
+    data_bytes = size - 8 - header_bytes
+    tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
+    for name, entry in tensors.items():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(entry, dict) and "dtype" in entry and "shape" in entry and isinstance(offsets, list)
+                and len(offsets) == 2 and all(isinstance(n, int) for n in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_bytes):
+            raise refuse(f"tensor entry {name[:80]!r} is malformed or points outside the file")
+    if not tensors:
+        raise refuse("it holds no tensors")
+    return len(tensors)
+
+
+def _without_path(text: str, path: Path) -> str:
+    return text.replace(f"'{path}'", "").replace(str(path), "").strip(" :")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from s2v.errors import CheckpointError
-from s2v.settings import Settings
+from s2v.settings import Settings, load_settings
 
 
 def in_deployment() -> bool:
@@ -21,7 +21,7 @@ def flow_settings(output: str = "", checkpoint: str = "", model_server: str = ""
     """
     overrides = {name: value for name, value in
                  {"output": output, "checkpoint": checkpoint, "model_server": model_server}.items() if value}
-    settings = Settings(**overrides)
+    settings = load_settings(**overrides)
     if makes_videos and settings.checkpoint is None and in_deployment():
         raise CheckpointError(
             f"S2V_CHECKPOINT is not set on worker {settings.worker_name}: set it to the Wan2.2-S2V-14B folder "

@@ -6,28 +6,28 @@ from typing import Optional
 
 import typer
 
-from s2v.errors import InputError, S2VError
+from s2v.errors import ConfigError, InputError, S2VError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Talking-head videos from portraits and speech (Wan2.2-S2V).")
 
 
 def _fail(exc: S2VError) -> None:
     typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2 if isinstance(exc, InputError) else 1)
+    raise typer.Exit(2 if isinstance(exc, (InputError, ConfigError)) else 1)
 
 
 def _settings(**overrides):
-    """Settings from S2V_* variables with the command's options on top; a bad option is an InputError."""
-    from pydantic import ValidationError
+    """Settings from S2V_* variables with the command's options on top; a bad one raises ConfigError.
 
-    from model_runtime.request import input_error_from
-    from s2v.settings import Settings
+    The CLI runs on the machine whose files it names, so local paths are inputs here (remote entry
+    points take URLs only); the flows it runs in this process read the same variable.
+    """
+    import os
 
-    given = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        return Settings(**given)
-    except ValidationError as exc:
-        raise input_error_from(exc, given) from None
+    from s2v.settings import load_settings
+
+    os.environ.setdefault("S2V_LOCAL_INPUTS", "true")
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
 @app.command("make-tiny-checkpoint")

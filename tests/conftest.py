@@ -21,6 +21,7 @@ def s2v_env(tmp_path, tiny_checkpoint, monkeypatch):
     monkeypatch.setenv("S2V_CHECKPOINT", str(tiny_checkpoint))
     monkeypatch.setenv("S2V_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("S2V_DEVICE", "cpu")
+    monkeypatch.setenv("S2V_LOCAL_INPUTS", "true")  # the tests' inputs are the example files
     return os.environ
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import math
 import os
@@ -28,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
 
 from model_runtime.request import FPS, GenerationOptions
 from s2v.errors import InputError
@@ -40,6 +41,29 @@ SMOOTHING = 0.3  # weight of the newest generation in the running figure
 REAL_FRAMES_PER_SEGMENT = 80
 DROP_FIRST_FRAMES = 3  # as in generate.py: the first segment's first frames are dropped, so it makes 3 more
 _VERSION = 1
+
+
+class Figure(BaseModel):
+    seconds_per_dit_pass: float = Field(gt=0)
+    warm: bool  # False while only cold generations (the model loaded for them) were measured
+    generations: int
+    updated_at: float  # epoch seconds
+
+
+class DeviceFigures(BaseModel):
+    checkpoint: str  # resolved path
+    device: str  # "cpu", or "cuda:<GPU model>"
+    frames_per_segment: int = Field(gt=0)
+    resolutions: dict[str, Figure] = {}
+
+    @property
+    def last_update(self) -> float:
+        return max((figure.updated_at for figure in self.resolutions.values()), default=0.0)
+
+
+class TimingsFile(BaseModel):
+    version: int = _VERSION
+    figures: list[DeviceFigures] = []
 
 
 @dataclass(frozen=True)
@@ -77,10 +101,10 @@ def checkpoint_key(settings: Settings, checkpoint: Path | str | None = None) -> 
 
 def figures(settings: Settings, checkpoint: Path | str | None = None, device: str | None = None) -> dict[str, float]:
     """{resolution: seconds per DiT pass} measured for this checkpoint and device; empty when none."""
-    record = _find(_read(timings_path(settings)), checkpoint_key(settings, checkpoint), device or settings.device)
-    if record is None:
+    found = _find(_read(timings_path(settings)), checkpoint_key(settings, checkpoint), device or settings.device)
+    if found is None:
         return {}
-    return {name: entry["seconds_per_dit_pass"] for name, entry in record["resolutions"].items()}
+    return {name: figure.seconds_per_dit_pass for name, figure in found.resolutions.items()}
 
 
 def estimate(
@@ -97,17 +121,17 @@ def estimate(
     kind ("cuda", "cpu", "auto"): a kind takes the most recently measured device of that kind, which in
     a host's own cache folder is that host's. `segments` replaces the count worked out from the speech
     (audio features made earlier know it exactly)."""
-    record = _find(_read(timings_path(settings)), checkpoint_key(settings, checkpoint), device or settings.device)
-    if record is None or options.resolution not in record["resolutions"]:
+    found = _find(_read(timings_path(settings)), checkpoint_key(settings, checkpoint), device or settings.device)
+    if found is None or options.resolution not in found.resolutions:
         return None
-    per_pass = record["resolutions"][options.resolution]["seconds_per_dit_pass"]
+    per_pass = found.resolutions[options.resolution].seconds_per_dit_pass
     max_segments = getattr(options, "max_segments", None)
     if segments is None:
-        segments = segments_for(speech_seconds, record["frames_per_segment"], max_segments)
+        segments = segments_for(speech_seconds, found.frames_per_segment, max_segments)
     elif max_segments:
         segments = min(segments, max_segments)
     seconds = segments * options.sample_steps * dit_passes(options.guidance_scale) * per_pass
-    return Estimate(seconds=seconds, segments=segments, speech_seconds=speech_seconds, device=record["device"], seconds_per_dit_pass=per_pass)
+    return Estimate(seconds=seconds, segments=segments, speech_seconds=speech_seconds, device=found.device, seconds_per_dit_pass=per_pass)
 
 
 def estimate_seconds(settings: Settings, speech_seconds: float, options: GenerationOptions, **where: Any) -> float | None:
@@ -168,54 +192,50 @@ def record(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(path):
-            data = _read(path)
-            entry = next((r for r in data["figures"] if r["checkpoint"] == key and r["device"] == device), None)
+            timings = _read(path)
+            entry = next((f for f in timings.figures if f.checkpoint == key and f.device == device), None)
             if entry is None:
-                entry = {"checkpoint": key, "device": device, "frames_per_segment": frames_per_segment, "resolutions": {}}
-                data["figures"].append(entry)
-            entry["frames_per_segment"] = frames_per_segment
-            old = entry["resolutions"].get(resolution)
-            if old is None or (warm and not old["warm"]):
+                entry = DeviceFigures(checkpoint=key, device=device, frames_per_segment=frames_per_segment)
+                timings.figures.append(entry)
+            entry.frames_per_segment = frames_per_segment
+            old = entry.resolutions.get(resolution)
+            if old is None or (warm and not old.warm):
                 figure = per_pass
             elif not warm:
-                return old["seconds_per_dit_pass"]
+                return old.seconds_per_dit_pass
             else:
-                figure = old["seconds_per_dit_pass"] + SMOOTHING * (per_pass - old["seconds_per_dit_pass"])
-            entry["resolutions"][resolution] = {
-                "seconds_per_dit_pass": figure, "warm": warm,
-                "generations": (old["generations"] if old else 0) + 1, "updated_at": time.time(),
-            }
-            _write(path, data)
+                figure = old.seconds_per_dit_pass + SMOOTHING * (per_pass - old.seconds_per_dit_pass)
+            entry.resolutions[resolution] = Figure(
+                seconds_per_dit_pass=figure, warm=warm, generations=(old.generations if old else 0) + 1, updated_at=time.time(),
+            )
+            _write(path, timings)
             return figure
     except OSError as exc:
         log.warning("could not record the generation time in %s: %s", path, exc)
         return None
 
 
-def _find(data: dict, checkpoint: str, device: str) -> dict | None:
-    records = [r for r in data["figures"] if r["checkpoint"] == checkpoint]
-    exact = next((r for r in records if r["device"] == device), None)
+def _find(timings: TimingsFile, checkpoint: str, device: str) -> DeviceFigures | None:
+    measured = [f for f in timings.figures if f.checkpoint == checkpoint]
+    exact = next((f for f in measured if f.device == device), None)
     if exact is not None:
         return exact
-    kind = [r for r in records if device == "auto" or r["device"].split(":", 1)[0] == device]
-    return max(kind, key=_last_update, default=None)
+    of_kind = [f for f in measured if device == "auto" or f.device.split(":", 1)[0] == device]
+    return max(of_kind, key=lambda f: f.last_update, default=None)
 
 
-def _last_update(record: dict) -> float:
-    return max((entry["updated_at"] for entry in record["resolutions"].values()), default=0.0)
-
-
-def _read(path: Path) -> dict:
+def _read(path: Path) -> TimingsFile:
+    # A figure is a cache: a file that is missing, torn or from another version starts afresh.
     try:
-        data = json.loads(path.read_text())
-        if data.get("version") == _VERSION and isinstance(data.get("figures"), list):
-            return data
-        log.warning("ignoring %s: not a timings file of version %d", path, _VERSION)
+        timings = TimingsFile.model_validate_json(path.read_bytes())
+        if timings.version == _VERSION:
+            return timings
+        log.warning("ignoring %s: a timings file of version %d, not %d", path, timings.version, _VERSION)
     except FileNotFoundError:
         pass
-    except (OSError, ValueError, AttributeError) as exc:
+    except (OSError, ValidationError) as exc:
         log.warning("ignoring the unreadable timings file %s: %s", path, exc)
-    return {"version": _VERSION, "figures": []}
+    return TimingsFile()
 
 
 @contextlib.contextmanager
@@ -230,11 +250,11 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _write(path: Path, data: dict) -> None:
+def _write(path: Path, timings: TimingsFile) -> None:
     # Readers take no lock: they see the old file or the new one, never half of one.
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".partial", delete=False) as out:
         try:
-            json.dump(data, out, indent=1)
+            out.write(timings.model_dump_json(indent=1))
         except BaseException:
             os.unlink(out.name)
             raise

@@ -104,11 +104,13 @@ def test_check_within_limit_names_the_speech_the_estimate_and_the_limit(settings
     assert "the limit is 600 s (S2V_GENERATION_TIMEOUT_S)" in err.value.reason
 
 
-def test_an_unreadable_timings_file_is_ignored_and_replaced(settings):
+@pytest.mark.parametrize("content", ["{half a file", '{"version": 1, "figures": [{"checkpoint": 3}]}', '{"version": 2}'])
+def test_an_unusable_timings_file_is_ignored_and_replaced(settings, content):
     path = estimate.timings_path(settings)
     path.parent.mkdir(parents=True)
-    path.write_text("{half a file")
+    path.write_text(content)
     assert estimate.figures(settings) == {}
+    assert estimate.estimate_seconds(settings, 30.0, GenerationOptions()) is None
     assert _record(settings, 40.0) == pytest.approx(1.0)
     assert _stored(settings)["version"] == 1
 

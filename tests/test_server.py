@@ -400,12 +400,14 @@ def test_generation_timeout_is_enforced_by_the_server(server, tmp_path):
 
 
 def test_generation_timeout_is_enforced_by_the_client_when_the_server_hangs(settings):
-    """A server that answers health but never the job: the client gives up at its limit."""
+    """A server that answers health but never the job: the client gives up at its limit, and tells
+    the server to cancel the job it gave up on."""
     folder = _short_dir()
     path = folder / "hung.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(8)
+    requests, open_connections = [], []
 
     def hang() -> None:
         while True:
@@ -413,21 +415,27 @@ def test_generation_timeout_is_enforced_by_the_client_when_the_server_hangs(sett
                 conn, _ = listener.accept()
             except OSError:
                 return
-            line = conn.recv(65536)
-            if b'"health"' in line:
+            request = json.loads(conn.recv(65536))
+            requests.append(request)
+            if request["action"] == "health":
                 conn.sendall(b'{"success": true, "model_loaded": true, "status": "ready"}\n')
                 conn.close()
-            # anything else: keep the connection open and never answer
+            else:  # keep the connection open and never answer
+                open_connections.append(conn)
 
     threading.Thread(target=hang, daemon=True).start()
     runtime = ServerRuntime(settings.model_copy(update={"generation_timeout_s": 1.0}), socket_path=path)
     started = time.monotonic()
     try:
-        with pytest.raises(GenerationTimeout, match="no result within 1 s"):
+        with pytest.raises(GenerationTimeout, match="no result within 1 s") as err:
             runtime.generate(_request(), folder / "never.mp4")
         assert 1.0 <= time.monotonic() - started < 20
+        job_id = next(r["job_id"] for r in requests if r["action"] == "generate")
+        assert {"action": "cancel", "job_id": job_id} in requests and f"job {job_id} was cancelled" in str(err.value)
     finally:
         listener.close()
+        for conn in open_connections:
+            conn.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -106,6 +106,8 @@ def running_server(settings: Settings, log_path: Path, command: list[str] | None
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+            # A client that found this one dead would have started a detached one in its place.
+            _stop_autostarted(ModelServerClient(settings.model_server, settings, autostart=False))
 
 
 def _wait_ready(socket_path: Path, process: subprocess.Popen) -> None:

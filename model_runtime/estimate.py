@@ -210,7 +210,7 @@ def record(
             )
             _write(path, timings)
             return figure
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: pydantic's, e.g. a generation timed at 0 s
         log.warning("could not record the generation time in %s: %s", path, exc)
         return None
 

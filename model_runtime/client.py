@@ -4,6 +4,11 @@ Light: no torch. A flow run's tasks import this, and a Prefect worker starts a p
 Each request opens its own connection, so threads can share a client and a connection broken by a
 dead server is never reused. When no server answers, the client starts one (detached, so it outlives
 the flow run that started it) and waits until it has loaded the model.
+
+Every job the client sends carries a fresh job id. A client that stops waiting for its job's reply
+for any reason but a dead server (its own time limit, `should_stop` giving a reason, Ctrl-C, any
+exception while waiting) sends `cancel` for that job before it gives up, so the server does not go
+on generating for nobody.
 """
 from __future__ import annotations
 
@@ -15,20 +20,24 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from model_runtime import protocol
+from model_runtime import interrupt, protocol
 from model_runtime.protocol import (
-    SegmentEvent, EncodeAudioReply, EncodeAudioRequest, ErrorReply, GenerateCall, GenerateReply, HealthReply, StatusReply,
+    CancelReply, EncodeAudioReply, EncodeAudioRequest, ErrorReply, GenerateCall, GenerateReply, HealthReply, SegmentEvent,
+    StatusReply,
 )
 from model_runtime.request import AudioFeatures, GenerationRequest, GenerationResult
 from model_runtime.service import InProcessRuntime
-from s2v.errors import GenerationTimeout, ModelServerError
+from s2v.errors import GenerationCancelled, GenerationTimeout, ModelServerError
 from s2v.settings import DEFAULT_SOCKET, Settings, get_settings
 
 POLL_S = 0.1
+STOP_POLL_S = 0.5  # how often a client waiting for its job asks its should_stop
+CANCEL_TIMEOUT_S = 2.0  # a best-effort cancel on the way out must not hold up the exception it precedes
 LOG_TAIL_LINES = 20
 MAX_SPAWNS = 3  # per ensure_running: a start lost to a racing server is retried, a crash loop is not
 # Settings the server must share with the client that starts it, passed as S2V_* variables.
@@ -46,6 +55,17 @@ class ReplyTimeout(ModelServerError):
 
 class ConnectionLost(ModelServerError):
     """The server closed the connection before answering: it died, or is dying."""
+
+
+class StopAsked(Exception):
+    """The caller's should_stop gave a reason while the client waited for a reply."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+StopCheck = Callable[[], str | None]  # a reason to stop, or None to go on
 
 
 def reply_grace_s(timeout_s: float) -> float:
@@ -73,6 +93,15 @@ class ModelServerClient:
     def shutdown(self) -> None:
         self._quick({"action": "shutdown"})
 
+    def cancel(self, job_id: str) -> CancelReply:
+        """Stop job `job_id` at its next denoising step (running), or before it starts (queued)."""
+        return CancelReply.model_validate(self._quick({"action": "cancel", "job_id": job_id}))
+
+    def _cancel_quietly(self, job_id: str) -> None:
+        # On the way out of a wait: the server may be gone or slow, and the caller's exception matters more.
+        with contextlib.suppress(Exception):
+            self._exchange({"action": "cancel", "job_id": job_id}, CANCEL_TIMEOUT_S)
+
     def _quick(self, message: dict[str, Any]) -> dict[str, Any]:
         timeout = self.settings.server_connect_timeout_s
         try:
@@ -82,15 +111,19 @@ class ModelServerClient:
 
     # ---- jobs (start a server when none answers) -------------------------------------------------
 
-    def generate(self, call: GenerateCall, on_segment: Callable[[int, int], None] | None = None) -> GenerateReply:
+    def generate(
+        self, call: GenerateCall, on_segment: Callable[[int, int], None] | None = None, should_stop: StopCheck | None = None,
+    ) -> GenerateReply:
+        """The job's reply. `should_stop` is asked every STOP_POLL_S while waiting; a reason cancels the job
+        on the server and raises GenerationCancelled. The call's job_id, if unset, is a fresh uuid4 hex."""
         timeout = call.timeout_s or self.settings.generation_timeout_s
         request = call.request.model_copy(update={"image_path": _absolute(call.request.image_path), "audio_path": _absolute(call.request.audio_path)})
         features = call.features.model_copy(update={"path": _absolute(call.features.path)}) if call.features else None
         call = call.model_copy(update={
             "request": request, "features": features, "timeout_s": timeout, "progress": call.progress or on_segment is not None,
-            "output_path": _absolute(call.output_path) if call.output_path else None,
+            "output_path": _absolute(call.output_path) if call.output_path else None, "job_id": call.job_id or uuid.uuid4().hex,
         })
-        started_server = self.ensure_running()
+        started_server = self.ensure_running(should_stop)
 
         def on_event(event: dict[str, Any]) -> None:
             if on_segment is not None and event.get("event") == "segment":
@@ -98,35 +131,48 @@ class ModelServerClient:
                 on_segment(progress.segment, progress.segments)
 
         try:
-            data = self._exchange(call.to_wire(), timeout + reply_grace_s(timeout), on_event)
+            data = self._job_exchange(call.to_wire(), timeout + reply_grace_s(timeout), on_event, should_stop)
         except ReplyTimeout:
             raise GenerationTimeout(
                 f"the model server at {self.socket_path} sent no result within {timeout:g} s "
-                "(time waiting in its queue included); the job was stopped there or is still running"
+                f"(time waiting in its queue included); job {call.job_id} was cancelled there"
             ) from None
         reply = GenerateReply.model_validate(data)
         # The model was loaded for this request, so it was not warm, whatever the server saw.
         return reply.model_copy(update={"warm_model": False}) if started_server else reply
 
-    def encode_audio(self, audio_path: Path, output_path: Path) -> EncodeAudioReply:
-        message = EncodeAudioRequest(audio_path=_absolute(audio_path), output_path=_absolute(output_path))
-        started_server = self.ensure_running()
+    def encode_audio(self, audio_path: Path, output_path: Path, should_stop: StopCheck | None = None) -> EncodeAudioReply:
+        message = EncodeAudioRequest(audio_path=_absolute(audio_path), output_path=_absolute(output_path), job_id=uuid.uuid4().hex)
+        started_server = self.ensure_running(should_stop)
         # Encoding waits its turn behind generations in the server's queue: allow it as long.
         timeout = self.settings.generation_timeout_s
         try:
-            data = self._exchange(message.model_dump(mode="json"), timeout + reply_grace_s(timeout))
+            data = self._job_exchange(message.model_dump(mode="json"), timeout + reply_grace_s(timeout), should_stop=should_stop)
         except ReplyTimeout:
             raise GenerationTimeout(f"the model server at {self.socket_path} did not encode {audio_path} within {timeout:g} s") from None
         reply = EncodeAudioReply.model_validate(data)
         return reply.model_copy(update={"warm_model": False}) if started_server else reply
 
+    def _job_exchange(
+        self, message: dict[str, Any], read_timeout: float, on_event: Callable[[dict[str, Any]], None] | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> dict[str, Any]:
+        job_id = message["job_id"]
+        if should_stop is not None and (reason := should_stop()):
+            raise GenerationCancelled(f"{message['action']} not started: {reason}")
+        try:
+            return self._exchange(message, read_timeout, on_event, should_stop, on_abandon=lambda: self._cancel_quietly(job_id))
+        except StopAsked as stop:
+            raise GenerationCancelled(f"{message['action']} stopped: {stop.reason} (job {job_id} was cancelled on the model server)") from None
+
     # ---- starting the server --------------------------------------------------------------------
 
-    def ensure_running(self) -> bool:
-        """Wait until a server is ready, starting one if none runs; True when this call started it."""
+    def ensure_running(self, should_stop: StopCheck | None = None) -> bool:
+        """Wait until a server is ready, starting one if none runs; True when this call started it.
+        A reason from `should_stop` ends the wait with GenerationCancelled (a server being started goes on)."""
         deadline = time.monotonic() + self.settings.server_load_timeout_s
         try:
-            self._wait_ready(deadline)
+            self._wait_ready(deadline, should_stop=should_stop)
             return False
         except NoServer:
             if not self.autostart:
@@ -135,21 +181,23 @@ class ModelServerClient:
             for _ in range(MAX_SPAWNS):
                 try:
                     # Another client may have started one while this one waited for the lock.
-                    self._wait_ready(deadline)
+                    self._wait_ready(deadline, should_stop=should_stop)
                     return False
                 except NoServer:
                     pass
                 process = self._spawn()
                 try:
-                    self._wait_ready(deadline, process)
+                    self._wait_ready(deadline, process, should_stop)
                     return True
                 except NoServer:
                     continue  # it lost the socket to a server that has gone again meanwhile
         raise ModelServerError(f"the model server on {self.socket_path} could not be started; its log {self.files.log} ends with:\n{self.log_tail()}")
 
-    def _wait_ready(self, deadline: float, process: subprocess.Popen | None = None) -> None:
+    def _wait_ready(self, deadline: float, process: subprocess.Popen | None = None, should_stop: StopCheck | None = None) -> None:
         """Return once a server says ready or busy. NoServer when none answers and none is coming."""
         while True:
+            if should_stop is not None and (reason := should_stop()):
+                raise GenerationCancelled(f"stopped waiting for the model server on {self.socket_path}: {reason}")
             health = None
             try:
                 health = self.health()
@@ -249,8 +297,12 @@ class ModelServerClient:
 
     def _exchange(
         self, message: dict[str, Any], read_timeout: float, on_event: Callable[[dict[str, Any]], None] | None = None,
+        should_stop: StopCheck | None = None, on_abandon: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """Send one request and return its reply; an error reply raises its s2v.errors exception."""
+        """Send one request and return its reply; an error reply raises its s2v.errors exception.
+
+        `on_abandon` runs when the wait for the reply ends without one, the server alive: a time
+        limit, StopAsked from `should_stop`, KeyboardInterrupt, an exception from `on_event`."""
         with self._connect() as conn:
             try:
                 conn.sendall(json.dumps(message).encode() + b"\n")
@@ -258,12 +310,19 @@ class ModelServerClient:
                 raise self._lost(exc) from None
             deadline = time.monotonic() + read_timeout
             buffer = bytearray()
-            while True:
-                data = self._read_reply(conn, buffer, deadline)
-                if "success" in data:
-                    break
-                if on_event is not None:
-                    on_event(data)
+            try:
+                while True:
+                    data = self._read_reply(conn, buffer, deadline, should_stop)
+                    if "success" in data:
+                        break
+                    if on_event is not None:
+                        on_event(data)
+            except ConnectionLost:
+                raise
+            except BaseException:
+                if on_abandon is not None:
+                    on_abandon()
+                raise
         if data["success"] is not True:
             raise protocol.exception_from(ErrorReply.model_validate(data))
         return data
@@ -284,16 +343,18 @@ class ModelServerClient:
             raise ModelServerError(f"cannot connect to the model server at {self.socket_path}: {exc}") from None
         return conn
 
-    def _read_reply(self, conn: socket.socket, buffer: bytearray, deadline: float) -> dict[str, Any]:
+    def _read_reply(self, conn: socket.socket, buffer: bytearray, deadline: float, should_stop: StopCheck | None = None) -> dict[str, Any]:
         while (end := buffer.find(b"\n")) < 0:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ReplyTimeout(f"no reply from {self.socket_path}")
-            conn.settimeout(left)
+            if should_stop is not None and (reason := should_stop()):
+                raise StopAsked(reason)
+            conn.settimeout(left if should_stop is None else min(left, STOP_POLL_S))
             try:
                 chunk = conn.recv(65536)
             except TimeoutError:
-                raise ReplyTimeout(f"no reply from {self.socket_path}") from None
+                continue  # the loop's top decides: past the deadline, or time to ask should_stop
             except OSError as exc:
                 raise self._lost(exc) from None
             if not chunk:
@@ -327,8 +388,8 @@ class ServerRuntime:
         self.settings = settings or get_settings()
         self.client = ModelServerClient(socket_path, self.settings)
 
-    def encode_audio(self, audio_path: Path, out_path: Path) -> AudioFeatures:
-        reply = self.client.encode_audio(Path(audio_path), Path(out_path))
+    def encode_audio(self, audio_path: Path, out_path: Path, should_stop: StopCheck | None = None) -> AudioFeatures:
+        reply = self.client.encode_audio(Path(audio_path), Path(out_path), should_stop=interrupt.combined(should_stop))
         return AudioFeatures.model_validate(reply.model_dump(include=set(AudioFeatures.model_fields)))
 
     def generate(
@@ -337,9 +398,12 @@ class ServerRuntime:
         out_path: Path,
         features: AudioFeatures | None = None,
         on_segment: Callable[[int, int], None] | None = None,
+        should_stop: StopCheck | None = None,
     ) -> GenerationResult:
+        """As InProcessRuntime.generate; `should_stop` (and Ctrl-C, interrupt.py) is asked every
+        STOP_POLL_S while the server works, and a reason cancels the job there (GenerationCancelled)."""
         call = GenerateCall(request=request, output_path=Path(out_path), features=features, timeout_s=self.settings.generation_timeout_s)
-        reply = self.client.generate(call, on_segment=on_segment)
+        reply = self.client.generate(call, on_segment=on_segment, should_stop=interrupt.combined(should_stop))
         return GenerationResult.model_validate(reply.model_dump(include=set(GenerationResult.model_fields)))
 
 

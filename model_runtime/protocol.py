@@ -1,8 +1,23 @@
 """The model server's wire format: JSON objects, one per line, over a Unix socket.
 
 Kept compatible with the seed: `health`, `status` and `generate` with the seed's fields, answered with
-the seed's fields. Additions: `encode_audio`, `shutdown`, more status fields, `error` / `error_type` /
-`field` on failure, and opt-in `{"event": "segment", ...}` progress lines before a generate's reply.
+the seed's fields. Additions: `encode_audio`, `shutdown`, `cancel`, more status fields, `error` /
+`error_type` / `field` on failure, and opt-in `{"event": "segment", ...}` progress lines before a
+generate's reply.
+
+Jobs and cancel: every `generate` and `encode_audio` is a job with an id, the request's `job_id` (any
+1-128 characters of letters, digits and `_.:-`, e.g. a uuid4 hex; one not already queued or running)
+or, without one, an id the server makes. The job's reply (success or error) carries `job_id`, and so
+do its progress events; `status` lists the running job's `job_id` and the queue's `queued_job_ids`.
+`{"action": "cancel", "job_id": "..."}` is answered at once with
+`{"success": true, "job_id": "...", "cancelled": "running" | "queued" | "unknown"}`:
+- running: the generation stops before its next denoising step; its client gets an error reply with
+  `error_type` "GenerationCancelled", and the next job starts;
+- queued: the job is taken off the queue unstarted, and its client gets that error reply at once;
+- unknown: no such job is queued or running (it finished already, or never existed).
+A job whose client closes its connection is cancelled the same way: a queued one is never started, a
+running one stops before its next denoising step. (Encoding audio has no steps: once running, it ends.)
+
 Light on purpose (pydantic only): clients and the RunPod handler load it without torch.
 """
 from __future__ import annotations
@@ -10,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -24,7 +39,9 @@ EXIT_ALREADY_RUNNING = 3  # `s2v server` exit status when a live server holds th
 
 ServerState = Literal["loading", "ready", "busy", "failed"]
 MemoryKind = Literal["vram_allocated", "rss"]
-ACTIONS = ("health", "status", "generate", "encode_audio", "shutdown")
+ACTIONS = ("health", "status", "generate", "encode_audio", "shutdown", "cancel")
+JobId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+CancelOutcome = Literal["running", "queued", "unknown"]
 
 
 class ServerFiles(NamedTuple):
@@ -64,11 +81,18 @@ class ShutdownRequest(BaseModel):
     action: Literal["shutdown"] = "shutdown"
 
 
+class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    action: Literal["cancel"] = "cancel"
+    job_id: JobId
+
+
 class EncodeAudioRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     action: Literal["encode_audio"] = "encode_audio"
     audio_path: Path
     output_path: Path
+    job_id: JobId | None = None  # unset: the server makes one
 
 
 class GenerateCall(BaseModel):
@@ -82,15 +106,19 @@ class GenerateCall(BaseModel):
     # The caller's limit, counted from the request's arrival, so time waiting in the queue counts too.
     timeout_s: float | None = Field(None, gt=0)
     progress: bool = False  # send a {"event": "segment"} line after each segment, before the reply
+    job_id: JobId | None = None  # the name to cancel it by; unset: the server makes one
 
     def to_wire(self) -> dict[str, Any]:
         extras = self.model_dump(mode="json", include=set(_GENERATE_OPTIONS), exclude_none=True, exclude_defaults=True)
         return {"action": "generate", **self.request.model_dump(mode="json", exclude_none=True), **extras}
 
 
-_GENERATE_OPTIONS = ("output_path", "features", "timeout_s", "progress")
-Request = HealthRequest | StatusRequest | ShutdownRequest | EncodeAudioRequest | GenerateCall
-_SIMPLE = {"health": HealthRequest, "status": StatusRequest, "shutdown": ShutdownRequest, "encode_audio": EncodeAudioRequest}
+_GENERATE_OPTIONS = ("output_path", "features", "timeout_s", "progress", "job_id")
+Request = HealthRequest | StatusRequest | ShutdownRequest | CancelRequest | EncodeAudioRequest | GenerateCall
+_SIMPLE = {
+    "health": HealthRequest, "status": StatusRequest, "shutdown": ShutdownRequest, "cancel": CancelRequest,
+    "encode_audio": EncodeAudioRequest,
+}
 
 
 def decode_line(line: bytes) -> dict[str, Any]:
@@ -171,10 +199,16 @@ class StatusReply(BaseModel):
     pid: int
     device: str | None
     checkpoint: str | None
+    job_id: str | None = None  # the running job's
+    queued_job_ids: list[str] = []  # in the order they will run
+    # Measured generation seconds per DiT pass (segment x denoising step x guidance pass), per
+    # resolution, for this checkpoint on this device (see estimate.py); empty until one is measured.
+    seconds_per_dit_pass: dict[str, float] = {}
 
 
 class GenerateReply(GenerationResult):
     success: bool = True
+    job_id: str | None = None
     # Server clock (epoch seconds): when the job left the queue and when it finished.
     started_at: float | None = None
     finished_at: float | None = None
@@ -182,6 +216,7 @@ class GenerateReply(GenerationResult):
 
 class EncodeAudioReply(AudioFeatures):
     success: bool = True
+    job_id: str | None = None
 
 
 class ShutdownReply(BaseModel):
@@ -189,10 +224,17 @@ class ShutdownReply(BaseModel):
     status: Literal["stopping"] = "stopping"
 
 
+class CancelReply(BaseModel):
+    success: bool = True
+    job_id: str
+    cancelled: CancelOutcome
+
+
 class SegmentEvent(BaseModel):
     event: Literal["segment"] = "segment"
     segment: int
     segments: int
+    job_id: str | None = None
 
 
 class ErrorReply(BaseModel):
@@ -202,9 +244,10 @@ class ErrorReply(BaseModel):
     field: str | None = None  # for InputError: the field, value and reason, to rebuild the same error
     value: Any = None
     reason: str | None = None
+    job_id: str | None = None  # when the request was a job
 
 
-Reply = HealthReply | StatusReply | GenerateReply | EncodeAudioReply | ShutdownReply | ErrorReply
+Reply = HealthReply | StatusReply | GenerateReply | EncodeAudioReply | ShutdownReply | CancelReply | ErrorReply
 
 
 def encode(message: BaseModel) -> bytes:
@@ -212,10 +255,13 @@ def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(exclude_none=exclude_none).encode() + b"\n"
 
 
-def error_reply(exc: S2VError, context: str = "") -> ErrorReply:
+def error_reply(exc: S2VError, context: str = "", job_id: str | None = None) -> ErrorReply:
     if isinstance(exc, InputError):
-        return ErrorReply(error=f"{context}{exc}", error_type="InputError", field=exc.field, value=_json_safe(exc.value), reason=exc.reason)
-    return ErrorReply(error=f"{context}{exc}", error_type=type(exc).__name__)
+        return ErrorReply(
+            error=f"{context}{exc}", error_type="InputError", field=exc.field, value=_json_safe(exc.value), reason=exc.reason,
+            job_id=job_id,
+        )
+    return ErrorReply(error=f"{context}{exc}", error_type=type(exc).__name__, job_id=job_id)
 
 
 def exception_from(reply: ErrorReply) -> S2VError:

@@ -9,6 +9,10 @@ and answers health and status at once; generate and encode_audio become jobs on 
 by a single worker thread, so the device runs one job at a time in arrival order; the model loads in
 its own thread so that health answers `loading` meanwhile. Torch is imported by the loader thread
 only: the socket is listening before the seconds of import start.
+
+Cancel: `cancel` is answered at once like health. A queued job it names is answered and dropped; a
+running one is stopped by the generation's should_stop hook, asked before every denoising step, which
+also stops a job whose client has closed its connection (one poll(2) per step).
 """
 from __future__ import annotations
 
@@ -25,18 +29,19 @@ import stat
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from model_runtime import protocol
+from model_runtime import estimate, protocol
 from model_runtime.protocol import (
-    SegmentEvent, EncodeAudioReply, EncodeAudioRequest, GenerateCall, GenerateReply, HealthReply,
-    HealthRequest, ServerState, ShutdownReply, ShutdownRequest, StatusReply, StatusRequest, error_reply,
+    CancelReply, CancelRequest, EncodeAudioReply, EncodeAudioRequest, GenerateCall, GenerateReply, HealthReply,
+    HealthRequest, SegmentEvent, ServerState, ShutdownReply, ShutdownRequest, StatusReply, StatusRequest, error_reply,
 )
 from model_runtime.request import input_error_from
-from s2v.errors import GenerationError, GenerationTimeout, InputError, ModelServerError, S2VError
+from s2v.errors import GenerationCancelled, GenerationError, GenerationTimeout, InputError, ModelServerError, S2VError
 from s2v.settings import DEFAULT_SOCKET, Settings
 
 log = logging.getLogger("model_runtime.server")
@@ -56,14 +61,21 @@ class LineTooLong(Exception):
         self.size = size
 
 
+CLIENT_GONE = "its client disconnected"
+
+
 @dataclass(eq=False)
 class Job:
     call: GenerateCall | EncodeAudioRequest
     conn: socket.socket
+    job_id: str
     model_was_loaded: bool  # when it arrived: decides the seed's warm_model
     arrived: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     reply: BaseModel | None = None
+    cancel_reason: str | None = None  # set once: the job stops before its next denoising step
+    steps_begun: int = 0  # denoising steps begun, to log where a cancel took effect
+    steps_at_cancel: int | None = None
 
 
 class LineReader:
@@ -132,7 +144,11 @@ class ModelServer:
         self._loaded = threading.Event()  # the load ended, either way
         self._busy = False
         self._stop = threading.Event()
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._jobs: queue.Queue[Job | None] = queue.Queue()  # cancelled jobs stay in it; the worker skips them
+        self._jobs_lock = threading.Lock()  # guards _waiting and _running
+        self._waiting: dict[str, Job] = {}  # queued jobs by id, in queue order
+        self._running: Job | None = None
+        self._timing_device: str | None = None  # the device's name in the timings file, once loaded
         self._submit_lock = threading.Lock()  # orders job submission against shutdown's final marker
         self._closing = False
         self._unsent: set[Job] = set()
@@ -162,6 +178,10 @@ class ModelServer:
     def status(self) -> StatusReply:
         memory_gb, kind = self._memory_in_use()
         loaded = self._model is not None
+        with self._jobs_lock:
+            running = self._running.job_id if self._running is not None else None
+            queued = list(self._waiting)
+        figures = estimate.figures(self.settings, self.checkpoint, self._timing_device) if self._timing_device else {}
         return StatusReply(
             model_loaded=loaded,
             vram_allocated_gb=round(memory_gb, 3),
@@ -170,13 +190,34 @@ class ModelServer:
             uptime_s=round(time.monotonic() - self.started, 3),
             load_time=None if self.load_time is None else round(self.load_time, 3),
             load_count=sys.modules["model_runtime.warm_cache"].load_count if loaded else 0,
-            queue_length=self._jobs.qsize(),
+            queue_length=len(queued),
             status=self.state,
             last_error=self.last_error,
             pid=os.getpid(),
             device=self.device,
             checkpoint=self.checkpoint,
+            job_id=running,
+            queued_job_ids=queued,
+            seconds_per_dit_pass={name: round(seconds, 6) for name, seconds in figures.items()},
         )
+
+    def cancel(self, job_id: str) -> CancelReply:
+        """Stop a running job at its next denoising step, or answer and drop a queued one."""
+        reason = f"job {job_id} was cancelled"
+        with self._jobs_lock:
+            running = self._running
+            queued = self._waiting.pop(job_id, None)
+            if running is not None and running.job_id == job_id:
+                outcome = "running"
+                if running.cancel_reason is None:
+                    running.cancel_reason, running.steps_at_cancel = reason, running.steps_begun
+            else:
+                outcome = "unknown" if queued is None else "queued"
+        if queued is not None:
+            queued.reply = error_reply(GenerationCancelled(f"{reason} before it started"), job_id=job_id)
+            queued.done.set()
+        log.info("cancel of job %s: %s", job_id, outcome)
+        return CancelReply(job_id=job_id, cancelled=outcome)
 
     def _memory_in_use(self) -> tuple[float, str]:
         if self._model is not None and self.device is not None:
@@ -271,10 +312,12 @@ class ModelServer:
         try:
             from model_runtime import warm_cache
             from model_runtime.loader import resolve_device
+            from model_runtime.service import device_name
 
             self.device = resolve_device(self.settings.device)
             model, _ = warm_cache.get_model(self.settings.checkpoint, self.settings)
             self.checkpoint = str(model.checkpoint)
+            self._timing_device = device_name(model.loaded.device)
             self.load_time = time.perf_counter() - started
             self._model = model
             log.info("model loaded from %s on %s in %.1f s", self.checkpoint, self.device, self.load_time)
@@ -330,10 +373,16 @@ class ModelServer:
             log.info("shutdown requested by a client")
             self._stop.set()
             return ShutdownReply(), None
-        job = Job(call=request, conn=conn, model_was_loaded=self._model is not None)
+        if isinstance(request, CancelRequest):
+            return self.cancel(request.job_id), None
+        job = Job(call=request, conn=conn, job_id=request.job_id or uuid.uuid4().hex, model_was_loaded=self._model is not None)
         with self._submit_lock:
             if self._closing:
-                return error_reply(_shutting_down()), None
+                return error_reply(_shutting_down(), job_id=job.job_id), None
+            with self._jobs_lock:
+                if job.job_id in self._waiting or (self._running is not None and self._running.job_id == job.job_id):
+                    return error_reply(InputError("job_id", job.job_id, "is already queued or running here; send a new id for each job")), None
+                self._waiting[job.job_id] = job
             with self._unsent_changed:
                 self._unsent.add(job)
             self._jobs.put(job)
@@ -353,67 +402,97 @@ class ModelServer:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
+            with self._jobs_lock:
+                if self._waiting.pop(job.job_id, None) is not job:
+                    continue  # cancelled while queued, and answered then
+                self._running = job
             try:
                 job.reply = self._run(job)
             except Exception as exc:  # a waiting client must get an answer whatever went wrong
                 log.error("job crashed the worker's bookkeeping", exc_info=True)
-                job.reply = error_reply(ModelServerError(f"{type(exc).__name__}: {exc}"))
+                job.reply = error_reply(ModelServerError(f"{type(exc).__name__}: {exc}"), job_id=job.job_id)
             finally:
+                with self._jobs_lock:
+                    self._running = None
                 job.done.set()
 
     def _run(self, job: Job) -> BaseModel:
         while not self._loaded.wait(ACCEPT_POLL_S):  # jobs sent during the load wait for it
-            if self._stop.is_set():
-                return error_reply(_shutting_down())
+            if self._stop.is_set() or self._stop_reason(job):
+                break
         if self._stop.is_set():
-            return error_reply(_shutting_down())
+            return error_reply(_shutting_down(), job_id=job.job_id)
         if self._load_error is not None:
-            return error_reply(self._load_error, "the model server could not load the model: ")
-        if _peer_gone(job.conn):
-            log.info("a client left before its job started; skipping it")
-            return error_reply(ModelServerError("the client disconnected before its job started"))
+            return error_reply(self._load_error, "the model server could not load the model: ", job_id=job.job_id)
+        if reason := self._stop_reason(job):
+            log.info("job %s not started: %s", job.job_id, reason)
+            return error_reply(GenerationCancelled(f"not started: {reason}"), job_id=job.job_id)
         self._busy = True
         started = time.monotonic()
-        log.info("%s started after %.1f s in the queue", job.call.action, started - job.arrived)
+        log.info("%s job %s started after %.1f s in the queue", job.call.action, job.job_id, started - job.arrived)
         try:
             reply = self._execute(job)
-            log.info("%s done in %.1f s", job.call.action, time.monotonic() - started)
+            log.info("%s job %s done in %.1f s", job.call.action, job.job_id, time.monotonic() - started)
             return reply
+        except GenerationCancelled as exc:  # asked for: not an error of the server's
+            after = "" if job.steps_at_cancel is None else f" ({job.steps_begun - job.steps_at_cancel} step(s) began after the cancel)"
+            log.info("job %s stopped after %d denoising step(s): %s%s", job.job_id, job.steps_begun, job.cancel_reason, after)
+            self._release_cached_memory()
+            return error_reply(exc, job_id=job.job_id)
         except S2VError as exc:
-            reply = error_reply(exc)
+            reply = error_reply(exc, job_id=job.job_id)
         except Exception as exc:  # e.g. torch.cuda.OutOfMemoryError outside the denoising loop
             log.error("job failed", exc_info=True)
-            reply = error_reply(GenerationError(f"{type(exc).__name__}: {exc}"))
+            reply = error_reply(GenerationError(f"{type(exc).__name__}: {exc}"), job_id=job.job_id)
             self._release_cached_memory()
         finally:
             self._busy = False
         self.last_error = f"{reply.error_type}: {reply.error}"
-        log.warning("job failed: %s", self.last_error)
+        log.warning("job %s failed: %s", job.job_id, self.last_error)
         return reply
 
+    def _stop_reason(self, job: Job) -> str | None:
+        """Why the job must stop (cancelled, or its client has gone), None to go on."""
+        if job.cancel_reason is None and _peer_gone(job.conn):
+            job.cancel_reason = CLIENT_GONE
+        return job.cancel_reason
+
     def _execute(self, job: Job) -> BaseModel:
-        from model_runtime.service import InProcessRuntime
+        from model_runtime.service import GENERATION_LIMIT_NAME, InProcessRuntime
 
         call = job.call
         if isinstance(call, EncodeAudioRequest):
-            features = InProcessRuntime(self.settings, self._model.checkpoint).encode_audio(call.audio_path, call.output_path)
-            return EncodeAudioReply(**features.model_dump())
-        settings = self.settings
+            runtime = InProcessRuntime(self.settings, self._model.checkpoint)
+            features = runtime.encode_audio(call.audio_path, call.output_path, should_stop=lambda: self._stop_reason(job))
+            return EncodeAudioReply(**features.model_dump(), job_id=job.job_id)
+        settings, limit_name = self.settings, f"{GENERATION_LIMIT_NAME} of the model server"
         if call.timeout_s is not None:
             waited = time.monotonic() - job.arrived
             if waited >= call.timeout_s:
                 raise GenerationTimeout(f"the request waited {waited:.1f} s in the queue, past its {call.timeout_s:g} s limit; it was not started")
-            left = min(settings.generation_timeout_s, call.timeout_s - waited)
-            settings = settings.model_copy(update={"generation_timeout_s": left})
-        on_segment = (lambda done, total: self._send(job.conn, SegmentEvent(segment=done, segments=total))) if call.progress else None
+            left = call.timeout_s - waited
+            if left < settings.generation_timeout_s:
+                settings = settings.model_copy(update={"generation_timeout_s": left})
+                limit_name = f"the request's timeout_s of {call.timeout_s:g} s, less {waited:.1f} s in the queue"
+
+        def should_stop() -> str | None:
+            reason = self._stop_reason(job)
+            if reason is None:
+                job.steps_begun += 1
+            return reason
+
+        def on_segment(done: int, total: int) -> None:
+            self._send(job.conn, SegmentEvent(segment=done, segments=total, job_id=job.job_id))
+
         started_at = time.time()
-        result = InProcessRuntime(settings, self._model.checkpoint).generate(
-            call.request, call.output_path or self._default_output(), features=call.features, on_segment=on_segment,
+        result = InProcessRuntime(settings, self._model.checkpoint, limit_name=limit_name).generate(
+            call.request, call.output_path or self._default_output(), features=call.features,
+            on_segment=on_segment if call.progress else None, should_stop=should_stop,
         )
         self.generation_count += 1
         return GenerateReply(
             **{**result.model_dump(), "warm_model": result.warm_model and job.model_was_loaded},
-            started_at=started_at, finished_at=time.time(),
+            started_at=started_at, finished_at=time.time(), job_id=job.job_id,
         )
 
     def _default_output(self) -> Path:

@@ -1,7 +1,8 @@
 """The model server as a real process on a Unix socket, with the tiny checkpoint on CPU.
 
-One server serves the module (its load and first-clip warm-up cost more than a warm clip); the
-auto-start tests get their own sockets, since starting, killing and replacing servers is their point.
+One server serves the module (its load and first-clip warm-up cost more than a warm clip) and no test
+stops it; the tests that stop, kill or auto-start servers get their own sockets and servers, so any
+subset of this file runs alone and in any order.
 """
 import contextlib
 import json
@@ -10,13 +11,14 @@ import shutil
 import signal
 import socket
 import stat
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -84,6 +86,30 @@ def _request(**overrides) -> GenerationRequest:
     return GenerationRequest.parse({"image_path": PORTRAIT, "audio_path": SPEECH, "sample_steps": 15, "seed": 0, **overrides})
 
 
+@contextlib.contextmanager
+def running_server(settings: Settings, log_path: Path, command: list[str] | None = None) -> Iterator[subprocess.Popen]:
+    """A server on settings.model_server, started as an operator would (`s2v server`), ready; stopped after."""
+    command = command or ["-m", "model_runtime.server"]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, *command, "--socket", str(settings.model_server)],
+            env=_server_env(settings), stdout=subprocess.DEVNULL, stderr=log,
+        )
+        try:
+            _wait_ready(settings.model_server, process)
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            # A client that found this one dead would have started a detached one in its place.
+            _stop_autostarted(ModelServerClient(settings.model_server, settings, autostart=False))
+
+
 def _wait_ready(socket_path: Path, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -98,17 +124,15 @@ def _wait_ready(socket_path: Path, process: subprocess.Popen) -> None:
 
 
 def _stop_autostarted(client: ModelServerClient) -> None:
-    try:
-        pid = client.status().pid
-    except ModelServerError:
-        return
+    """Stop the detached server on the client's socket, answering or not: its lock file names its pid."""
     with contextlib.suppress(ModelServerError):
         client.shutdown()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and client.socket_path.exists():
+    while time.monotonic() < deadline and client._lock_held():
         time.sleep(0.1)
-    if client.socket_path.exists():
-        os.kill(pid, signal.SIGKILL)
+    if client._lock_held():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(client.files.lock.read_text().split()[0]), signal.SIGKILL)
 
 
 # ---- the module's server ------------------------------------------------------------------------
@@ -125,23 +149,9 @@ def settings(tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(settings, tmp_path_factory):
-    """(process, socket path) of a server started the way an operator would: `s2v server`."""
-    log = open(tmp_path_factory.mktemp("log") / "server.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-c", _LAUNCHER, "--socket", str(settings.model_server)],
-        env=_server_env(settings), stdout=subprocess.DEVNULL, stderr=log,
-    )
-    try:
-        _wait_ready(settings.model_server, process)
+    """(process, socket path) of the module's server; no test may stop it."""
+    with running_server(settings, tmp_path_factory.mktemp("log") / "server.log", ["-c", _LAUNCHER]) as process:
         yield process, settings.model_server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +184,28 @@ def test_status_reply_has_the_seed_fields_and_more(server, first_generation):
     assert reply["success"] and reply["model_loaded"] and reply["status"] == "ready"
     assert reply["memory_kind"] == "rss" and reply["vram_allocated_gb"] > 0.1  # CPU: resident memory
     assert reply["generation_count"] >= 1 and reply["load_count"] == 1
+    assert reply["job_id"] is None and reply["queued_job_ids"] == []
+    assert reply["seconds_per_dit_pass"]["480p"] > 0  # measured by the first generation
+
+
+def test_generate_reply_carries_the_job_id_sent_or_one_made_by_the_server(server, first_generation, tmp_path):
+    assert len(first_generation["job_id"]) == 32  # the seed's example sent none: the server made a uuid4 hex
+    features = tmp_path / "f.safetensors"
+    reply = _ask(server[1], {"action": "encode_audio", "audio_path": str(SPEECH), "output_path": str(features), "job_id": "enc-1"})
+    assert reply["success"] is True and reply["job_id"] == "enc-1"
+
+
+def test_a_request_too_long_for_its_limit_fails_up_front_with_the_estimate(server, first_generation, tmp_path):
+    before = _ask(server[1], {"action": "status"})
+    per_pass = before["seconds_per_dit_pass"]["480p"]
+    needed = 8 * 15 * 2 * per_pass  # speech_news: 7.6 s is 8 tiny segments, 15 steps, 2 passes with guidance
+    message = {"action": "generate", "image_path": str(PORTRAIT), "audio_path": str(EXAMPLES / "speech_news.flac"),
+               "sample_steps": 15, "output_path": str(tmp_path / "long.mp4"), "timeout_s": needed / 2}
+    reply = _ask(server[1], message)
+    assert reply["success"] is False and reply["error_type"] == "InputError" and reply["field"] == "audio", reply
+    assert "speech of 7.6 s needs 8 segment(s), estimated" in reply["reason"] and "the request's timeout_s" in reply["reason"]
+    assert _ask(server[1], {"action": "status"})["generation_count"] == before["generation_count"]
+    assert not (tmp_path / "long.mp4").exists()
 
 
 def test_generate_reply_has_the_seed_fields_and_the_result_record(first_generation):
@@ -236,10 +268,10 @@ def test_warm_across_client_processes(server, settings, first_generation, tmp_pa
 
 @pytest.fixture(scope="module")
 def three_at_once(server, settings, first_generation, tmp_path_factory):
-    """Three clients generate at once while this thread polls health: (results, errors, latencies, counts)."""
+    """Three clients generate at once while this thread polls health and status."""
     out = tmp_path_factory.mktemp("three")
     before = _ask(server[1], {"action": "status"})["generation_count"]
-    results, errors = [], []
+    results, errors, statuses = [], [], []
 
     def one(n: int) -> None:
         try:
@@ -250,22 +282,19 @@ def three_at_once(server, settings, first_generation, tmp_path_factory):
     threads = [threading.Thread(target=one, args=(n,)) for n in range(3)]
     for t in threads:
         t.start()
-    busy_latencies, queue_lengths = [], []
+    busy_polls = 0
     polls = 0
     while any(t.is_alive() for t in threads):
-        started = time.perf_counter()
-        health = _ask(server[1], {"action": "health"}, timeout=5)
-        elapsed = time.perf_counter() - started
-        if health["status"] == "busy":
-            busy_latencies.append(elapsed)
+        if _ask(server[1], {"action": "health"}, timeout=5)["status"] == "busy":
+            busy_polls += 1
             if polls % 10 == 0:
-                queue_lengths.append(_ask(server[1], {"action": "status"}, timeout=5)["queue_length"])
+                statuses.append(_ask(server[1], {"action": "status"}, timeout=5))
         polls += 1
         time.sleep(0.05)  # often enough to sample every generation, rarely enough not to slow it
     for t in threads:
         t.join()
     after = _ask(server[1], {"action": "status"})["generation_count"]
-    return results, errors, busy_latencies, queue_lengths, after - before
+    return SimpleNamespace(results=results, errors=errors, busy_polls=busy_polls, statuses=statuses, generated=after - before)
 
 
 def _call(n: int, out: Path) -> GenerateCall:
@@ -273,28 +302,37 @@ def _call(n: int, out: Path) -> GenerateCall:
 
 
 def test_three_clients_at_once_are_served_one_at_a_time(three_at_once):
-    results, errors, _, queue_lengths, generated = three_at_once
-    assert not errors and len(results) == 3
-    assert generated == 3
+    results = three_at_once.results
+    assert not three_at_once.errors and len(results) == 3
+    assert three_at_once.generated == 3
     spans = sorted((r.started_at, r.finished_at) for r in results)
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert end <= start, f"generations overlapped: {spans}"
-    assert max(queue_lengths) >= 1  # the others waited in the queue, none was turned away
+    assert max(s["queue_length"] for s in three_at_once.statuses) >= 1  # the others waited, none was turned away
     assert all(r.video_path.is_file() for r in results)
 
 
-def test_health_answers_within_100_ms_while_a_generation_runs(three_at_once):
-    _, _, latencies, _, _ = three_at_once
-    assert len(latencies) >= 10, latencies
-    latencies.sort()
-    p95 = latencies[int(0.95 * (len(latencies) - 1))]
-    assert statistics.median(latencies) < 0.1 and p95 < 0.1, (statistics.median(latencies), p95, latencies[-1])
+def test_status_names_the_running_job_and_the_queued_ones(three_at_once):
+    job_ids = {r.job_id for r in three_at_once.results}
+    assert len(job_ids) == 3 and None not in job_ids  # the client named each job
+    for status in three_at_once.statuses:
+        assert status["job_id"] in job_ids, status
+        assert set(status["queued_job_ids"]) <= job_ids - {status["job_id"]}
+        assert status["queue_length"] == len(status["queued_job_ids"])
+    assert any(s["queued_job_ids"] for s in three_at_once.statuses)
+
+
+def test_health_answers_while_a_generation_runs(three_at_once):
+    # A health request queued behind the jobs would only be answered between them, never as "busy".
+    assert three_at_once.busy_polls >= 10
 
 
 @pytest.mark.parametrize("payload, field, words", [
     (b'{"action": "generate", "image_path": \n', "request", "not valid JSON"),
     (b'[1, 2, 3]\n', "request", "JSON object"),
     (b'{"action": "dance"}\n', "action", "unknown action"),
+    (b'{"action": "cancel"}\n', "job_id", "Field required"),
+    (b'{"action": "cancel", "job_id": "a b"}\n', "job_id", "should match pattern"),
     (json.dumps({"action": "generate", "image_path": str(PORTRAIT), "audio_path": str(SPEECH), "sample_steps": 5}).encode() + b"\n",
      "sample_steps", "greater than or equal to 15"),
     (json.dumps({"action": "generate", "image_path": str(PORTRAIT), "audio_path": str(SPEECH), "sample_step": 20}).encode() + b"\n",
@@ -349,10 +387,13 @@ def test_out_of_memory_is_an_error_reply_and_the_server_stays_up(server, setting
 
 
 def test_generation_timeout_is_enforced_by_the_server(server, tmp_path):
-    """The request's timeout_s stops the job in the server; read without a client-side limit."""
+    """The request's timeout_s stops the job in the server; read without a client-side limit.
+
+    At 720p, which no other test here asks for: once a resolution has a measured time per step, a
+    request that cannot finish in its limit fails up front instead (test_estimate.py)."""
     out = tmp_path / "late.mp4"
     message = {"action": "generate", "image_path": str(PORTRAIT), "audio_path": str(SPEECH), "sample_steps": 15,
-               "output_path": str(out), "timeout_s": 0.3}
+               "resolution": "720p", "output_path": str(out), "timeout_s": 0.3}
     reply = _ask(server[1], message, timeout=600)
     assert reply["success"] is False and reply["error_type"] == "GenerationTimeout" and "limit" in reply["error"], reply
     assert isinstance(exception_from(ErrorReply.model_validate(reply)), GenerationTimeout)
@@ -361,12 +402,14 @@ def test_generation_timeout_is_enforced_by_the_server(server, tmp_path):
 
 
 def test_generation_timeout_is_enforced_by_the_client_when_the_server_hangs(settings):
-    """A server that answers health but never the job: the client gives up at its limit."""
+    """A server that answers health but never the job: the client gives up at its limit, and tells
+    the server to cancel the job it gave up on."""
     folder = _short_dir()
     path = folder / "hung.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(8)
+    requests, open_connections = [], []
 
     def hang() -> None:
         while True:
@@ -374,26 +417,45 @@ def test_generation_timeout_is_enforced_by_the_client_when_the_server_hangs(sett
                 conn, _ = listener.accept()
             except OSError:
                 return
-            line = conn.recv(65536)
-            if b'"health"' in line:
+            request = json.loads(conn.recv(65536))
+            requests.append(request)
+            if request["action"] == "health":
                 conn.sendall(b'{"success": true, "model_loaded": true, "status": "ready"}\n')
                 conn.close()
-            # anything else: keep the connection open and never answer
+            else:  # keep the connection open and never answer
+                open_connections.append(conn)
 
     threading.Thread(target=hang, daemon=True).start()
     runtime = ServerRuntime(settings.model_copy(update={"generation_timeout_s": 1.0}), socket_path=path)
     started = time.monotonic()
     try:
-        with pytest.raises(GenerationTimeout, match="no result within 1 s"):
+        with pytest.raises(GenerationTimeout, match="no result within 1 s") as err:
             runtime.generate(_request(), folder / "never.mp4")
         assert 1.0 <= time.monotonic() - started < 20
+        job_id = next(r["job_id"] for r in requests if r["action"] == "generate")
+        assert {"action": "cancel", "job_id": job_id} in requests and f"job {job_id} was cancelled" in str(err.value)
     finally:
         listener.close()
+        for conn in open_connections:
+            conn.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_sigterm_finishes_the_current_job_fails_the_queued_and_exits_0(server, settings, tmp_path):
-    process, socket_path = server
+@pytest.fixture
+def own_server(settings, tmp_path):
+    """(process, settings) of a server for one test alone: for a test that stops it."""
+    folder = _short_dir()
+    own = settings.model_copy(update={"model_server": folder / "own.sock"})
+    try:
+        with running_server(own, tmp_path / "own-server.log") as process:
+            yield process, own
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_sigterm_finishes_the_current_job_fails_the_queued_and_exits_0(own_server, tmp_path):
+    process, settings = own_server
+    socket_path = settings.model_server
     outcomes: dict[str, object] = {}
 
     def generate(name: str) -> None:
@@ -426,12 +488,13 @@ def _wait_for(condition, timeout: float = 120) -> None:
 
 # ---- auto-start ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def auto_settings(tiny_checkpoint, tmp_path_factory):
-    """Settings for a socket no server listens on yet; the clients start (and restart) one."""
+@pytest.fixture
+def auto_settings(tiny_checkpoint, tmp_path):
+    """Settings for a socket no server listens on yet, one per test; the clients start (and restart)
+    one, detached, and this stops whatever runs there at the end."""
     folder = _short_dir()
     settings = Settings(
-        checkpoint=tiny_checkpoint, device="cpu", cache_dir=tmp_path_factory.mktemp("auto-cache"),
+        checkpoint=tiny_checkpoint, device="cpu", cache_dir=tmp_path / "auto-cache",
         model_server=folder / "auto.sock", server_load_timeout_s=READY_TIMEOUT_S,
     )
     yield settings

@@ -59,11 +59,15 @@ class LoraSlot:
         deltas = lora_deltas(dit, path, strength) if wanted else {}
         self.restore(dit)
         params = dict(dit.named_parameters())
-        with torch.no_grad():
-            for name, delta in deltas.items():
-                param = params[name]
-                self.originals[name] = param.detach().to("cpu", copy=True)
-                param.copy_((param.float() + delta()).to(param.dtype))
+        try:
+            with torch.no_grad():
+                for name, delta in deltas.items():
+                    param = params[name]
+                    self.originals[name] = param.detach().to("cpu", copy=True)
+                    param.copy_((param.float() + delta()).to(param.dtype))
+        except BaseException:  # e.g. out of memory halfway: never leave a half-fused model behind
+            self.restore(dit)
+            raise
         self.active, self.tensors = wanted, len(deltas)
         seconds = time.perf_counter() - started
         if wanted:

@@ -6,6 +6,7 @@ bench/gpu_step.py, which measures each of them.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
 from dataclasses import dataclass
@@ -117,9 +118,7 @@ def fp8_unavailable(device: str) -> str | None:
         return "FP8 needs a CUDA GPU"
     if torch.cuda.get_device_capability() < (8, 9):
         return f"FP8 needs compute capability 8.9+ (Ada/Hopper); this GPU has {torch.cuda.get_device_capability()}"
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torchao") is None:
         return "FP8 needs torchao (pip install torchao)"
     return None
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,6 @@ class WarmModel:
     checkpoint: Path
     speed: speed.SpeedOptions = field(default_factory=speed.SpeedOptions)
     lora: LoraSlot = field(default_factory=LoraSlot)  # the LoRA set fused into the DiT, if any
-    loaded_at: float = field(default_factory=time.time)
     generation_count: int = 0
     # One generation at a time on a device: a second would only fight for the same GPU memory.
     generation_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -60,10 +58,6 @@ def get_model(checkpoint: Path | str | None = None, settings: Settings | None = 
         model = _models[key] = WarmModel(loaded=loaded, checkpoint=root, speed=options)
         load_count += 1
         return model, False
-
-
-def loaded_models() -> list[WarmModel]:
-    return list(_models.values())
 
 
 def memory_in_use_gb(device: str) -> tuple[float, str]:

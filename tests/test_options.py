@@ -172,3 +172,10 @@ def test_failed_compile_falls_back_to_eager_with_a_warning(
         )
     assert result.frames > 0 and not speed.blocks_compiled(model.pipe.dit)
     assert any("torch.compile of the DiT blocks failed" in r.getMessage() for r in caplog.records)
+
+
+def test_fp8_is_refused_where_it_cannot_run(settings):
+    from s2v.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="S2V_FP8 is on but FP8 needs a CUDA GPU"):
+        warm_cache.get_model(None, settings.model_copy(update={"fp8": True}))

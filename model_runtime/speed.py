@@ -141,6 +141,10 @@ def quantize_fp8(dit) -> int:
 def prepare(loaded, options: SpeedOptions) -> None:
     """Apply the load-time options to a freshly loaded pipeline (FP8, then compiling the blocks)."""
     dit = loaded.pipe.dit
+    if options.attention in LIBRARY_FLAGS and options.attention not in installed_attention_libraries():
+        from s2v.errors import CheckpointError
+
+        raise CheckpointError(f"S2V_ATTENTION={options.attention} but that library is not installed")
     if options.fp8:
         reason = fp8_unavailable(loaded.device)
         if reason:

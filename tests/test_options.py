@@ -179,3 +179,10 @@ def test_fp8_is_refused_where_it_cannot_run(settings):
 
     with pytest.raises(CheckpointError, match="S2V_FP8 is on but FP8 needs a CUDA GPU"):
         warm_cache.get_model(None, settings.model_copy(update={"fp8": True}))
+
+
+def test_an_attention_library_that_is_not_installed_is_refused_at_load(settings):
+    from s2v.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="S2V_ATTENTION=sage but that library is not installed"):
+        warm_cache.get_model(None, settings.model_copy(update={"attention": "sage"}))

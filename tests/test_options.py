@@ -17,6 +17,8 @@ from model_runtime.tiny_checkpoint import FRAMES_PER_SEGMENT, SIZE_AREA_DIVISOR
 from model_runtime.video import probe
 from s2v.settings import Settings
 
+pytestmark = pytest.mark.slow
+
 
 def _write_video(path, colors, fps, size=(96, 48)):
     """A video whose frame i is one flat colour, so a sampled frame tells which source frame it was."""
@@ -108,9 +110,6 @@ def short_speech_path():
     from tests.conftest import EXAMPLES
 
     return EXAMPLES / "speech_short.wav"
-
-
-pytestmark = pytest.mark.slow
 
 
 def test_official_size_sets_the_area_and_the_image_sets_the_orientation(runtime, short_speech_path, tmp_path):

@@ -1,22 +1,32 @@
-"""Seconds per Wan2.2-S2V-14B denoising step on one GPU, per attention backend, through DiffSynth's own code.
+"""Seconds per Wan2.2-S2V-14B denoising step and per clip on one GPU, through DiffSynth's and the runtime's own code.
 
-One run (at most about 8 minutes on an H100/H200; `--budget-s`, default 420, stops adding measurements):
+One run (about 6 minutes on an H100/H200 at the default `--budget-s 330`, which stops adding measurements):
   1. builds the real-size S2V DiT (DiffSynth's `WanS2VModel` with the config DiffSynth's MODEL_CONFIGS gives the
      published checkpoint) with random bf16 weights made on the GPU: the parameters are created on the meta
      device, as DiffSynth's loader does, then allocated and filled on the GPU (nothing 14B-sized on the CPU);
-  2. times classifier-free-guidance denoising steps (two `model_fn_wans2v` calls + the scheduler step, as
-     `WanVideoPipeline.__call__` does) on random inputs of the real shapes: one 80-frame clip plus its reference
-     frame at 832x480 and the 73-frame motion context of a continuation clip; median of several steps after a
-     warm-up, CUDA events; effective TFLOP/s, ratio to the floor at a bf16 matmul rate measured in the same run,
-     peak VRAM;
-  3. one row per attention path (DiffSynth's default, each SDPA backend forced, flash-attn / SageAttention if
-     installed) and torch.compile, fastest first; what the machine lacks is listed as unavailable;
-  4. the fastest eager setting again at 1280x720;
-  5. one clip through the whole product path (tiny checkpoint, InProcessRuntime with S2V_DEVICE=cuda, muxed MP4);
-  6. writes gpu_step.md, gpu_step.json, gpu_step.log (and the clip) to `--out`.
+  2. times denoising steps on random inputs of the real shapes (one 80-frame segment plus its reference frame at
+     832x480 and the 73-frame motion context of a continuation segment): a classifier-free-guidance step is two
+     `model_fn_wans2v` passes + the scheduler step, as `WanVideoPipeline.__call__` runs it; a fast-mode step is
+     one pass; median of several steps after a warm-up, CUDA events; effective TFLOP/s, ratio to the floor at a
+     bf16 matmul rate measured in the same run, peak VRAM. Rows, in order of value (the budget drops the last):
+     DiffSynth's default attention (the baseline); fast mode (one pass per step) with a random rank-64 LoRA over
+     the blocks' linear layers fused by `model_runtime.lora` (fuse and bit-exact restore timed); torch.compile of
+     the 40 blocks (`model_runtime.speed`, the runtime's default on CUDA);
+  3. one whole clip at real size through the product's `generate_video` with random weights for every component
+     (umt5-xxl text encoder, wav2vec2 audio encoder, VAE, DiT): fast mode, 4 steps, the rank-64 LoRA, one segment;
+     seconds per stage (text encoder, audio encoder, VAE encode/decode, DiT passes, the rest), peak VRAM; the
+     standard 20-step CFG clip composed from the same run's fixed part and per-pass time;
+  4. the VAE decoding one continuation segment (39 latent frames at 832x480) tiled (DiffSynth's default) and
+     untiled: seconds and peak VRAM;
+  5. FP8 weights + activations in the blocks (DiffSynth's torchao backend, sm89+; unavailable without torchao);
+  6. the baseline at 1280x720, the other attention kernels (each SDPA backend forced, flash-attn/SageAttention
+     if installed), torch.compile at 720p if it won at 480p; what the machine lacks is listed as unavailable;
+  7. before all that, one clip through the whole product path (tiny checkpoint, InProcessRuntime with
+     S2V_DEVICE=cuda, muxed MP4);
+  8. writes gpu_step.md, gpu_step.json, gpu_step.log (and the clips) to `--out`, after every measurement.
 
-`--tiny` runs the same code on CPU (fp32, perf_counter timing) with the tiny checkpoint's DiT config and small
-frames, so CI exercises every line but the CUDA-only ones.
+`--tiny` runs the same code on CPU (fp32, perf_counter timing) with the tiny checkpoint's configs and small frames,
+so CI exercises every line but the CUDA-only ones.
 
     PYTHONPATH=. python bench/gpu_step.py --out bench/out/gpu
     PYTHONPATH=. .venv/bin/python bench/gpu_step.py --tiny --out /tmp/gpu-step-tiny
@@ -25,10 +35,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,6 +58,14 @@ TEXT_TOKENS = 512  # umt5 context length of Wan's prompter
 AUDIO_LAYERS = 25  # wav2vec2 hidden states (24 layers + embeddings) that the DiT's causal audio encoder weights
 CFG_SCALE = 4.5
 SHIFT = 3.0
+STANDARD_STEPS, FAST_STEPS = 20, 4  # the runtime's modes (model_runtime.request.MODES)
+LORA_RANK = {"cuda": 64, "cpu": 8}  # LightX2V's Wan LoRAs are rank 64
+# For the budget check of the clip: its fixed part (encoders, VAE, MP4) on top of its DiT passes.
+CLIP_ALLOWANCE_S = {"cuda": 75.0, "cpu": 20.0}
+# Fusing a rank-64 LoRA into the 14B DiT copies ~28 GB of original weights to the CPU; restoring copies them back.
+LORA_ALLOWANCE_S = {"cuda": 40.0, "cpu": 1.0}
+VAE_ALLOWANCE_S = {"cuda": 40.0, "cpu": 10.0}
+FP8_ALLOWANCE_S = {"cuda": 30.0, "cpu": 0.0}
 # name: (real width, height), (tiny width, height). The tiny sizes keep the real layout rules (>= 64, /16).
 RESOLUTIONS = {"480p": ((832, 480), (64, 64)), "720p": ((1280, 720), (96, 64))}
 # Added to a torch.compile row's estimate: inductor compiling one DiT-block graph (shared by all 40 blocks).
@@ -117,28 +137,68 @@ def main() -> int:
     report["model"] = model
     log.info("DiT built: %s", {k: v for k, v in model.items() if k != "config"})
 
-    bench = Bench(torch, dit, model, device, dtype, clock, budget, rate, args)
+    work = Path(tempfile.mkdtemp(prefix="gpu-step-"))  # the random LoRA and a tiny checkpoint's tokenizer files
+    try:
+        return measure_all(torch, args, out, report, dit, model, device, dtype, clock, budget, rate, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure_all(torch, args, out: Path, report: dict, dit, model: dict, device, dtype, clock, budget, rate,
+                work: Path) -> int:
+    bench = Bench(torch, dit, model, device, dtype, clock, budget, rate, args, work)
+    report["lora"] = bench.lora
     settings = attention_settings(torch, device, dtype, dit.dim // dit.num_heads)
-    eager = [s for s in settings if not s.compile]
-    compiled = [s for s in settings if s.compile]
 
     def measure(resolution: str, setting: Setting, steps: int) -> None:
         bench.run(resolution, setting, steps)
         # Written after every row: a run killed at its time limit still leaves what it measured.
         save(out, report, bench.rows, bench.resolutions)
 
-    # Order = priority under the time budget: the baseline, the other eager backends, the best of them at 720p
-    # (the 80 GB question), then torch.compile, whose compile time is the least predictable.
-    for i, setting in enumerate(eager):
-        measure("480p", setting, args.steps if i == 0 else args.compare_steps)
-    best = bench.fastest("480p")
+    warm_model = None
+
+    def section(name: str, estimate_s: float | None, measure_fn) -> None:
+        nonlocal warm_model
+        if estimate_s is not None and not budget.allows(estimate_s):
+            report[name] = {"status": "skipped",
+                            "note": f"time budget: needs ~{estimate_s:.0f} s, {max(0.0, budget.left()):.0f} s left"}
+        else:
+            log.info("%s", name)
+            try:
+                if warm_model is None:
+                    warm_model = build_warm_model(torch, args.tiny, device, dtype, dit, work)
+                report[name] = measure_fn(warm_model)
+            except Exception as exc:  # e.g. out of memory: a result of this run, not its end
+                log.exception("%s failed", name)
+                report[name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:400]}
+            finally:
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+        save(out, report, bench.rows, bench.resolutions)
+
+    # Order = value under the time budget, which drops the last first: the baseline; fast mode with its LoRA;
+    # torch.compile (the runtime's CUDA default); the whole clip; VAE tiling; FP8; 720p; the other kernels.
+    measure("480p", settings["default"], args.steps)
+    measure("480p", settings["fast"], args.compare_steps)
+    measure("480p", settings["compile"], args.compare_steps)
+    per_pass = bench.pass_s("480p")
+    section("clip", per_pass and CLIP_ALLOWANCE_S[device] + (args.warmup + FAST_STEPS) * per_pass,
+            lambda warm: measure_clip(torch, bench, warm, out, work))
+    section("vae_decode", VAE_ALLOWANCE_S[device], lambda warm: measure_vae_decode(torch, bench, warm.pipe.vae))
+    warm_model = None  # the text encoder (11 GB), VAE and audio encoder leave the GPU before the next rows
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    measure("480p", settings["fp8"], args.compare_steps)
+    eager = [settings["default"], *settings["other"]]
+    best = bench.fastest("480p", eager)
     if best is not None:
         measure("720p", best, args.compare_steps)
-    for setting in compiled:
+    for setting in settings["other"]:
         measure("480p", setting, args.compare_steps)
     # Only when compiling wins at 480p is it worth its recompile at 720p.
-    if compiled and bench.fastest("480p") == compiled[0]:
-        measure("720p", compiled[0], args.compare_steps)
+    if bench.fastest("480p", [*eager, settings["compile"]]) == settings["compile"]:
+        measure("720p", settings["compile"], args.compare_steps)
 
     table = save(out, report, bench.rows, bench.resolutions)
     print(table)
@@ -162,8 +222,8 @@ def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder for gpu_step.md/.json/.log")
     parser.add_argument("--tiny", action="store_true", help="tiny DiT config on CPU (CI)")
-    parser.add_argument("--budget-s", type=float, default=420.0,
-                        help="stop adding measurements when this many seconds since start are near (default 7 min)")
+    parser.add_argument("--budget-s", type=float, default=330.0,
+                        help="stop adding measurements when this many seconds since start are near (default 5.5 min)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps of the baseline row (480p, default attention)")
     parser.add_argument("--compare-steps", type=int, default=2,
                         help="timed steps of every other row (GPU step times vary little; two suffice to compare)")
@@ -252,7 +312,6 @@ def build_dit(torch, tiny: bool, device: str, dtype):
     allocated on the device instead and filled with random values there, so the model is the one the runtime
     gets, minus the trained weights.
     """
-    from diffsynth.core.vram.initialization import skip_model_initialization
     from diffsynth.models.wan_video_dit_s2v import WanS2VModel
 
     if tiny:
@@ -263,20 +322,28 @@ def build_dit(torch, tiny: bool, device: str, dtype):
         from diffsynth.configs.model_configs import MODEL_CONFIGS
 
         config = next(c for c in MODEL_CONFIGS if c["model_hash"] == REAL_DIT_HASH)["extra_kwargs"]
+    dit = random_module(torch, lambda: WanS2VModel(**config), device, dtype)
+    return dit, config
+
+
+def random_module(torch, build, device: str, dtype, seed: int = 0):
+    """`build()` under DiffSynth's skip_model_initialization, allocated on `device` and filled with random values."""
+    from diffsynth.core.vram.initialization import skip_model_initialization
+
     with skip_model_initialization():
-        dit = WanS2VModel(**config)
+        module = build()
     # dtype first, on meta (free): allocating fp32 first would need 65 GB for the 14B model.
-    dit = dit.to(dtype=dtype).to_empty(device=device).eval().requires_grad_(False)
-    generator = torch.Generator(device).manual_seed(0)
+    module = module.to(dtype=dtype).to_empty(device=device).eval().requires_grad_(False)
+    generator = torch.Generator(device).manual_seed(seed)
     with torch.no_grad():
-        for name, p in dit.named_parameters():
+        for name, p in module.named_parameters():
             if p.ndim >= 2:  # weights: unit-variance outputs keep activations finite through 40 blocks
                 p.normal_(0.0, p[0].numel() ** -0.5, generator=generator)
             elif name.endswith("weight"):  # norm scales
                 p.fill_(1.0)
             else:  # biases
                 p.zero_()
-    return dit, config
+    return module
 
 
 @dataclass
@@ -317,48 +384,53 @@ def make_inputs(torch, dit, width: int, height: int, device: str, dtype) -> Inpu
 @dataclass(frozen=True)
 class Setting:
     name: str
-    path: str | None = None  # None: DiffSynth's own pick; "sdpa": torch SDPA; else the flag of one library
-    sdpa: str | None = None  # an SDPBackend name forced with torch.nn.attention.sdpa_kernel
+    attention: str = "auto"  # one of model_runtime.speed.ATTENTION_CHOICES
     compile: bool = False
+    passes: int = 2  # DiT passes per step: 2 with classifier-free guidance, 1 in fast mode (guidance 1)
+    lora_rank: int = 0  # a random LoRA of this rank fused into the blocks' linear layers while measuring
+    fp8: bool = False
     unavailable: str | None = None  # why this machine cannot run it
 
 
-# DiffSynth's Wan DiT attention (`wan_video_dit.flash_attention`, used by self-, cross- and audio attention)
-# picks flash-attn 3, then flash-attn 2, then SageAttention, then torch SDPA, by these module flags.
-# (diffsynth.core.attention and DIFFSYNTH_ATTENTION_IMPLEMENTATION are not on the S2V path.)
-LIBRARY_FLAGS = {"flash-attn 3": "FLASH_ATTN_3_AVAILABLE", "flash-attn 2": "FLASH_ATTN_2_AVAILABLE",
-                 "SageAttention": "SAGE_ATTN_AVAILABLE"}
-SDPA_BACKENDS = {"FLASH_ATTENTION": "flash", "CUDNN_ATTENTION": "cuDNN", "EFFICIENT_ATTENTION": "efficient",
-                 "MATH": "math"}
+SDPA_LABELS = {"sdpa-flash": "flash", "sdpa-cudnn": "cuDNN", "sdpa-efficient": "efficient", "sdpa-math": "math"}
+LIBRARY_LABELS = {"flash-attn-3": "flash-attn 3", "flash-attn-2": "flash-attn 2", "sage": "SageAttention"}
 
 
-def attention_settings(torch, device: str, dtype, head_dim: int) -> list[Setting]:
-    import diffsynth.models.wan_video_dit as wan_dit
+def attention_settings(torch, device: str, dtype, head_dim: int) -> dict[str, Setting | list[Setting]]:
+    """{"default", "fast", "compile", "fp8": Setting; "other": the other attention kernels}."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    installed = [name for name, flag in LIBRARY_FLAGS.items() if getattr(wan_dit, flag)]
+    from model_runtime import speed
+
+    installed = speed.installed_attention_libraries()
     probe = [torch.randn(1, 2, 256, head_dim, device=device, dtype=dtype) for _ in range(3)]
     auto_choice = _sdpa_auto_choice(torch, probe)
-    default = installed[0] if installed else f"torch SDPA, auto: {auto_choice or '?'}"
-    settings = [Setting(f"DiffSynth default ({default})")]
+    default_label = LIBRARY_LABELS[installed[0]] if installed else f"torch SDPA, auto: {auto_choice or '?'}"
+    other = []
     if installed:
-        settings.append(Setting("torch SDPA, auto", path="sdpa"))
-    for backend, label in SDPA_BACKENDS.items():
+        other.append(Setting("torch SDPA, auto", attention="sdpa"))
+    for choice, label in SDPA_LABELS.items():
         reason = None
         if not installed and label == auto_choice:
             reason = "what the default row already runs"
         else:
             try:
-                with sdpa_kernel(getattr(SDPBackend, backend)):
+                with sdpa_kernel(getattr(SDPBackend, speed.SDPA_BACKENDS[choice])):
                     torch.nn.functional.scaled_dot_product_attention(*probe)
             except RuntimeError as exc:
                 reason = f"not available here ({str(exc).split('. ')[0][:120]})"
-        settings.append(Setting(f"torch SDPA, {label} forced", path="sdpa", sdpa=backend, unavailable=reason))
-    for name, flag in LIBRARY_FLAGS.items():
-        if name != default:
-            settings.append(Setting(name, path=flag, unavailable=None if name in installed else "not installed"))
-    settings.append(Setting("torch.compile blocks + DiffSynth default", compile=True))
-    return settings
+        other.append(Setting(f"torch SDPA, {label} forced", attention=choice, unavailable=reason))
+    for choice, label in LIBRARY_LABELS.items():
+        if label != default_label:
+            other.append(Setting(label, attention=choice, unavailable=None if choice in installed else "not installed"))
+    rank = LORA_RANK[device]
+    return {
+        "default": Setting(f"DiffSynth default ({default_label})"),
+        "fast": Setting(f"fast mode: 1 pass/step, rank-{rank} LoRA fused", passes=1, lora_rank=rank),
+        "compile": Setting("torch.compile blocks + DiffSynth default", compile=True),
+        "fp8": Setting("FP8 w8a8 blocks (torchao) + DiffSynth default", fp8=True, unavailable=speed.fp8_unavailable(device)),
+        "other": other,
+    }
 
 
 def _sdpa_auto_choice(torch, probe) -> str | None:
@@ -366,36 +438,84 @@ def _sdpa_auto_choice(torch, probe) -> str | None:
     try:
         from torch.nn.attention import SDPBackend
 
-        return SDPA_BACKENDS.get(SDPBackend(torch._fused_sdp_choice(*probe)).name)
+        from model_runtime.speed import SDPA_BACKENDS
+
+        labels = {backend: SDPA_LABELS[choice] for choice, backend in SDPA_BACKENDS.items()}
+        return labels.get(SDPBackend(torch._fused_sdp_choice(*probe)).name)
     except Exception:
         return None
 
 
 @contextlib.contextmanager
-def applied(torch, setting: Setting, dit, compile_backend: str = "inductor"):
-    """Run inside `setting`: DiffSynth's attention flags, a forced SDPA kernel, compiled blocks; undone after."""
-    import diffsynth.models.wan_video_dit as wan_dit
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+def applied(torch, setting: Setting, dit, compile_backend="inductor", lora_file: Path | None = None, lora: dict | None = None):
+    """Run inside `setting` with the runtime's own code: attention choice, fused LoRA, FP8, compiled blocks; undone after.
 
-    saved = {flag: getattr(wan_dit, flag) for flag in LIBRARY_FLAGS.values()}
-    blocks = list(dit.blocks)
+    `lora` receives the fuse and restore seconds and whether the restore was bit-exact.
+    """
+    from model_runtime import speed
+    from model_runtime.lora import LoraSlot
+
+    slot = LoraSlot()
+    restore_linears = None
     try:
-        if setting.path is not None:
-            for flag in saved:
-                setattr(wan_dit, flag, flag == setting.path)
+        if setting.lora_rank:
+            probe_name, probe_param = next((n, p) for n, p in dit.named_parameters() if n.endswith("ffn.0.weight"))
+            before = probe_param.detach().to("cpu", copy=True)
+            tensors, fuse_s = slot.use(dit, str(lora_file), 1.0)
+            lora.update(rank=setting.lora_rank, tensors=tensors, fuse_s=round(fuse_s, 3),
+                        file_mib=round(lora_file.stat().st_size / 2**20, 1))
+        if setting.fp8:
+            restore_linears = _quantize_fp8_reversibly(torch, dit)
         if setting.compile:
-            # Regional compilation, as DiffSynth's compile_pipeline does for models with repeated blocks: the S2V
-            # model_fn calls the blocks one by one, so compiling WanS2VModel.forward would change nothing. All 40
-            # blocks share one graph; shapes are fixed per resolution.
-            for i, block in enumerate(blocks):
-                dit.blocks[i] = torch.compile(block, dynamic=False, backend=compile_backend)
-        with sdpa_kernel(getattr(SDPBackend, setting.sdpa)) if setting.sdpa else contextlib.nullcontext():
+            speed.compile_blocks(dit, compile_backend)
+        with speed.attention(setting.attention):
             yield
     finally:
-        for flag, value in saved.items():
-            setattr(wan_dit, flag, value)
-        for i, block in enumerate(blocks):
-            dit.blocks[i] = block
+        if setting.compile:
+            speed.uncompile_blocks(dit)
+        if restore_linears:
+            restore_linears()
+        if setting.lora_rank and slot.active:
+            started = time.perf_counter()
+            slot.restore(dit)
+            if dit.blocks[0].ffn[0].weight.is_cuda:
+                torch.cuda.synchronize()
+            lora.update(restore_s=round(time.perf_counter() - started, 3),
+                        restored_bit_exact=bool(torch.equal(before, dict(dit.named_parameters())[probe_name].cpu())))
+
+
+def _quantize_fp8_reversibly(torch, dit):
+    """FP8 blocks through model_runtime.speed; returns what puts the bf16 linear layers back."""
+    from model_runtime import speed
+
+    originals = {name: m for name, m in dit.blocks.named_modules() if isinstance(m, torch.nn.Linear)}
+    speed.quantize_fp8(dit)
+
+    def restore():
+        for name, module in originals.items():
+            parent, _, leaf = name.rpartition(".")
+            setattr(dit.blocks.get_submodule(parent) if parent else dit.blocks, leaf, module)
+
+    return restore
+
+
+def write_random_lora(torch, dit, rank: int, path: Path, device: str, dtype) -> Path:
+    """A random LoRA in the kohya/LightX2V layout over every linear layer of the DiT blocks (q, k, v, o of both
+    attentions and the two FFN layers: 400 layers on the 14B DiT), scaled so its fused change is ~1% of a weight."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator(device).manual_seed(2)
+    tensors = {}
+    for name, module in dit.blocks.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            key = f"diffusion_model.blocks.{name}"
+            down = torch.randn(rank, module.in_features, generator=generator, device=device, dtype=dtype)
+            up = torch.randn(module.out_features, rank, generator=generator, device=device, dtype=dtype)
+            tensors[f"{key}.lora_down.weight"] = (down * module.in_features ** -0.5).cpu()
+            tensors[f"{key}.lora_up.weight"] = (up * 0.01 * rank ** -0.5).cpu()
+            tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path))
+    return path
 
 
 @dataclass
@@ -405,6 +525,7 @@ class Row:
     height: int
     setting: str
     status: str  # ok | unavailable | skipped | failed
+    passes: int = 2  # DiT passes per step
     note: str = ""
     step_s: list[float] = field(default_factory=list)
     warmup_s: float | None = None
@@ -415,28 +536,39 @@ class Row:
 
 
 class Bench:
-    def __init__(self, torch, dit, model: dict, device, dtype, clock: Clock, budget: Budget, rate: float, args):
+    def __init__(self, torch, dit, model: dict, device, dtype, clock: Clock, budget: Budget, rate: float, args,
+                 work: Path):
         from diffsynth.diffusion.flow_match import FlowMatchScheduler
 
         self.torch, self.dit, self.model, self.device, self.dtype = torch, dit, model, device, dtype
-        self.clock, self.budget, self.rate, self.args = clock, budget, rate, args
+        self.clock, self.budget, self.rate, self.args, self.work = clock, budget, rate, args, work
         self.scheduler = FlowMatchScheduler("Wan")
-        self.scheduler.set_timesteps(20, shift=SHIFT)
+        self.scheduler.set_timesteps(STANDARD_STEPS, shift=SHIFT)
         self.rows: list[Row] = []
         self.resolutions: dict[str, dict] = {}
+        self.lora: dict = {}  # the fast row's LoRA: rank, tensors, file size, fuse and restore seconds
+        self._lora_file: Path | None = None
         self._inputs: dict[str, Inputs] = {}
         self._by_setting: dict[tuple[str, Setting], Row] = {}
 
+    def lora_file(self, rank: int) -> Path:
+        """The random LoRA the fast row and the clip use, written once (~600 MB at rank 64: not under --out)."""
+        if self._lora_file is None:
+            self._lora_file = write_random_lora(
+                self.torch, self.dit, rank, self.work / f"random-rank{rank}-lora.safetensors", self.device, self.dtype
+            )
+        return self._lora_file
+
     def run(self, resolution: str, setting: Setting, steps: int) -> Row:
         width, height = RESOLUTIONS[resolution][1 if self.args.tiny else 0]
-        row = Row(resolution, width, height, setting.name, "running")
+        row = Row(resolution, width, height, setting.name, "running", passes=setting.passes)
         self.rows.append(row)
         self._by_setting[(resolution, setting)] = row
         if setting.unavailable:
             row.status, row.note = "unavailable", setting.unavailable
             return row
         info = self.resolutions.get(resolution)
-        if info and setting.sdpa == "MATH" and self.device == "cuda":
+        if info and setting.attention == "sdpa-math" and self.device == "cuda":
             # The math kernel materialises every head's N x N scores (and their softmax): skip what cannot fit.
             need = 2 * self.dit.num_heads * info["tokens"]["total"] ** 2 * self.dtype.itemsize
             free = self.torch.cuda.mem_get_info()[0]
@@ -465,23 +597,29 @@ class Bench:
         log.info("-> %s", {k: v for k, v in asdict(row).items() if v not in (None, "", [])})
         return row
 
-    def fastest(self, resolution: str) -> Setting | None:
+    def fastest(self, resolution: str, candidates: list[Setting]) -> Setting | None:
         done = [(row.median_step_s, s) for (res, s), row in self._by_setting.items()
-                if res == resolution and row.status == "ok"]
+                if res == resolution and row.status == "ok" and s in candidates]
         return min(done, key=lambda d: d[0])[1] if done else None
 
-    def _estimate(self, resolution: str, setting: Setting, timed_steps: int) -> float | None:
-        measured = [r.median_step_s for r in self.rows if r.resolution == resolution and r.status == "ok"]
+    def pass_s(self, resolution: str) -> float | None:
+        """The fastest measured seconds per DiT pass at `resolution`, else scaled by FLOPs from another one."""
+        measured = [r.median_step_s / r.passes for r in self.rows if r.resolution == resolution and r.status == "ok"]
         if measured:
-            step = min(measured)
-        else:
-            # Not run at this resolution yet: scale the fastest step elsewhere by the FLOP count.
-            known = [(r.median_step_s, self.resolutions[r.resolution]) for r in self.rows if r.status == "ok"]
-            if not known:
-                return None  # the first row is the baseline: it runs whatever the budget says
-            step_s, info = min(known, key=lambda k: k[0])
-            step = step_s * self._flops(resolution) / info["flop_per_step"]
-        return (self.args.warmup + timed_steps) * step + (COMPILE_ALLOWANCE_S[self.device] if setting.compile else 0.0)
+            return min(measured)
+        known = [(r.median_step_s / r.passes, self.resolutions[r.resolution]) for r in self.rows if r.status == "ok"]
+        if not known:
+            return None
+        per_pass, info = min(known, key=lambda k: k[0])
+        return per_pass * self._flops(resolution) / info["flop_per_step"]
+
+    def _estimate(self, resolution: str, setting: Setting, timed_steps: int) -> float | None:
+        per_pass = self.pass_s(resolution)
+        if per_pass is None:
+            return None  # the first row is the baseline: it runs whatever the budget says
+        extra = (COMPILE_ALLOWANCE_S[self.device] if setting.compile else 0.0) + (
+            FP8_ALLOWANCE_S[self.device] if setting.fp8 else 0.0) + (LORA_ALLOWANCE_S[self.device] if setting.lora_rank else 0.0)
+        return (self.args.warmup + timed_steps) * per_pass * setting.passes + extra
 
     def _flops(self, resolution: str) -> float:
         # Before a resolution's tokens are counted: the token count from the frame layout, for estimates only.
@@ -508,10 +646,11 @@ class Bench:
 
         def step(count_for: str | None = None):
             nonlocal latents, index
-            latents = self._cfg_step(inputs, latents, timesteps[index % len(timesteps)], count_for)
+            latents = self._step(inputs, latents, timesteps[index % len(timesteps)], count_for, setting.passes)
             index += 1
 
-        with torch.no_grad(), applied(torch, setting, self.dit, self.args.compile_backend):
+        lora_file = self.lora_file(setting.lora_rank) if setting.lora_rank else None
+        with torch.no_grad(), applied(torch, setting, self.dit, self.args.compile_backend, lora_file, self.lora):
             started = time.monotonic()
             for i in range(self.args.warmup):
                 # The first warm-up at a new resolution also counts tokens and FLOPs: untimed, so free.
@@ -523,14 +662,16 @@ class Bench:
                     break
                 row.step_s.append(self.clock.time(step))
         info = self.resolutions[resolution]
+        share = setting.passes / 2  # the FLOP count and the floor are per CFG step (two passes)
         row.median_step_s = statistics.median(row.step_s)
-        row.tflop_per_s = info["flop_per_step"] / row.median_step_s / 1e12
-        row.x_floor = row.median_step_s / info["floor_s"]
+        row.tflop_per_s = share * info["flop_per_step"] / row.median_step_s / 1e12
+        row.x_floor = row.median_step_s / (share * info["floor_s"])
         if self.device == "cuda":
             row.peak_vram_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
-    def _cfg_step(self, inputs: Inputs, latents, t, count_for: str | None):
-        """One denoising step as WanVideoPipeline.__call__ runs it (cfg_scale != 1, cfg_merge off)."""
+    def _step(self, inputs: Inputs, latents, t, count_for: str | None, passes: int):
+        """One denoising step as WanVideoPipeline.__call__ runs it: with CFG (cfg_scale != 1, cfg_merge off) two
+        passes, else (fast mode, cfg_scale 1) the conditional pass alone."""
         from diffsynth.pipelines.wan_video import model_fn_wans2v
 
         timestep = t.unsqueeze(0).to(dtype=self.dtype, device=self.device)
@@ -540,8 +681,11 @@ class Bench:
                       s2v_pose_latents=None, drop_motion_frames=False)
         with self._counting(count_for, latents) if count_for else contextlib.nullcontext():
             posi = model_fn_wans2v(self.dit, context=inputs.context_posi, audio_embeds=inputs.audio_posi, **shared)
-        nega = model_fn_wans2v(self.dit, context=inputs.context_nega, audio_embeds=inputs.audio_nega, **shared)
-        noise_pred = nega + CFG_SCALE * (posi - nega)
+        if passes == 1:
+            noise_pred = posi
+        else:
+            nega = model_fn_wans2v(self.dit, context=inputs.context_nega, audio_embeds=inputs.audio_nega, **shared)
+            noise_pred = nega + CFG_SCALE * (posi - nega)
         latents = self.scheduler.step(noise_pred, t, latents)
         latents[:, :, 0:1] = inputs.first_frame
         return latents
@@ -584,6 +728,161 @@ class Bench:
         }
 
 
+def build_warm_model(torch, tiny: bool, device: str, dtype, dit, work: Path):
+    """The runtime's WarmModel around a WanVideoPipeline of random-weight components of the real (or tiny) sizes.
+
+    The DiT is the bench's own; the text encoder (umt5-xxl), VAE and wav2vec2 audio encoder are built as DiffSynth
+    builds them and filled with random values on `device`. The tokenizer and audio processor come from a tiny
+    checkpoint written for this: the token ids they give are valid for the real embedding table, and the audio
+    processor only normalises samples.
+    """
+    from diffsynth.models.wan_video_text_encoder import HuggingfaceTokenizer, WanTextEncoder
+    from diffsynth.models.wan_video_vae import WanVideoVAE
+    from diffsynth.models.wav2vec import WanS2VAudioEncoder
+    from diffsynth.pipelines.wan_video import WanVideoPipeline
+    from transformers import Wav2Vec2Processor
+
+    from model_runtime import layout, tiny_checkpoint
+    from model_runtime.loader import LoadedPipeline, _quiet_vae_progress
+    from model_runtime.tiny_models import TinyWanS2VAudioEncoder, TinyWanVideoVAE
+    from model_runtime.warm_cache import WarmModel
+
+    files = layout.check_checkpoint(tiny_checkpoint.make_tiny_checkpoint(work / "tiny-checkpoint"))
+    _quiet_vae_progress()
+    pipe = WanVideoPipeline(device=device, torch_dtype=dtype)
+    if tiny:
+        parts = (lambda: WanTextEncoder(**tiny_checkpoint.TEXT_ENCODER), lambda: TinyWanVideoVAE(**tiny_checkpoint.VAE),
+                 lambda: TinyWanS2VAudioEncoder(**tiny_checkpoint.AUDIO_ENCODER))
+    else:
+        parts = (WanTextEncoder, WanVideoVAE, WanS2VAudioEncoder)
+    pipe.text_encoder, pipe.vae, pipe.audio_encoder = (
+        random_module(torch, build, device, dtype, seed=3 + i) for i, build in enumerate(parts)
+    )
+    pipe.dit = dit
+    pipe.height_division_factor = pipe.width_division_factor = pipe.vae.upsampling_factor * 2
+    pipe.tokenizer = HuggingfaceTokenizer(name=files.path(layout.TOKENIZER_DIR), seq_len=TEXT_TOKENS, clean="whitespace")
+    pipe.audio_processor = Wav2Vec2Processor.from_pretrained(files.path(layout.AUDIO_DIR))
+    pipe.vram_management_enabled = False
+    # Not tiny: the real checkpoint's 80-frame segments and presets.
+    loaded = LoadedPipeline(pipe, layout.CheckpointFiles(files.root, files.config if tiny else {}), device, dtype, 0.0)
+    return WarmModel(loaded=loaded, checkpoint=work / ("tiny" if tiny else "random-real-size"))
+
+
+class StageTimer:
+    """Seconds spent in each stage of a generation, by wrapping what DiffSynth calls (CUDA-synchronised)."""
+
+    def __init__(self, torch, device: str):
+        self.torch, self.device = torch, device
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._undo: list = []
+
+    def wrap(self, owner, attribute: str, stage: str) -> None:
+        original = getattr(owner, attribute)
+        had_own = attribute in vars(owner)
+
+        def timed(*args, **kwargs):
+            self._sync()
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._sync()
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+                self.calls[stage] = self.calls.get(stage, 0) + 1
+
+        setattr(owner, attribute, timed)
+        self._undo.append((owner, attribute, original if had_own else None))
+
+    def undo(self) -> None:
+        for owner, attribute, original in reversed(self._undo):
+            if original is None:
+                delattr(owner, attribute)
+            else:
+                setattr(owner, attribute, original)
+        self._undo.clear()
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+
+def measure_clip(torch, bench: Bench, model, out: Path, work: Path) -> dict:
+    """One fast-mode clip through the product's generate_video at real size: stage times, peak VRAM, and the
+    standard 20-step CFG clip composed from the same run (fixed part + 40 passes + the negative prompt's encoding)."""
+    from PIL import Image
+
+    from model_runtime.generate import generate_video
+    from model_runtime.media import fit_image
+    from model_runtime.request import GenerationRequest
+
+    width, height = RESOLUTIONS["480p"][1 if bench.args.tiny else 0]
+    image_path = work / "portrait_landscape.png"
+    # The example portrait cropped to the 480p landscape shape: at real size the clip is the step rows' 832x480.
+    fit_image(Image.open(ROOT / "examples/portrait_anna.jpg").convert("RGB"), width, height).save(image_path)
+    lora = bench.lora_file(LORA_RANK[bench.device])
+    request = GenerationRequest.parse({
+        "image_path": image_path, "audio_path": ROOT / "examples/speech_hello.wav", "mode": "fast", "lora": str(lora),
+        "max_segments": 1, "seed": 0, "resolution": "480p",
+    })
+    pipe = model.pipe
+    timer = StageTimer(torch, bench.device)
+    for owner, attribute, stage in ((pipe, "model_fn", "DiT passes"), (pipe.text_encoder, "forward", "text encoder"),
+                                    (pipe.audio_encoder, "get_audio_feats_per_inference", "audio encoder"),
+                                    (pipe.vae, "encode", "VAE encode"), (pipe.vae, "decode", "VAE decode")):
+        timer.wrap(owner, attribute, stage)
+    if bench.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        result = generate_video(model, request, out / "clip_fast.mp4", warm=True)
+    finally:
+        timer.undo()
+        model.lora.restore(pipe.dit)  # later rows measure the base weights
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if bench.device == "cuda" else None
+    dit_s, passes = timer.seconds.get("DiT passes", 0.0), timer.calls.get("DiT passes", 0)
+    pass_s = dit_s / passes
+    text_s = timer.seconds.get("text encoder", 0.0) / max(1, timer.calls.get("text encoder", 0))
+    fast_s = result.generation_time - result.lora_switch_s  # the switch happens once per LoRA, not per clip
+    fixed_s = fast_s - dit_s
+    standard_s = fixed_s + text_s + STANDARD_STEPS * 2 * pass_s
+    stages = {name: round(seconds, 3) for name, seconds in timer.seconds.items()}
+    stages["rest (scheduler, frames to CPU, glue)"] = round(fast_s - sum(timer.seconds.values()), 3)
+    return {
+        "status": "ok", "size": f"{result.width}x{result.height}", "frames": result.frames, "segments": result.segments,
+        "first_segment": True, "mode": result.mode, "steps": result.sample_steps, "dit_passes": passes,
+        "lora_rank": LORA_RANK[bench.device], "lora_tensors": result.lora_tensors, "lora_switch_s": result.lora_switch_s,
+        "stages_s": stages, "pass_s": round(pass_s, 5), "fast_clip_s": round(fast_s, 3),
+        "mp4_and_mux_s": round(result.total_time - result.generation_time - result.queue_time, 3),
+        "standard_clip_estimate_s": round(standard_s, 3), "fast_speedup": round(standard_s / fast_s, 2),
+        "peak_vram_gib": peak, "video": result.video_path.name,
+    }
+
+
+def measure_vae_decode(torch, bench: Bench, vae) -> list[dict]:
+    """Decoding one continuation segment (19 motion + 20 new latent frames, as DiffSynth's S2V post unit hands the
+    VAE) at the 480p size, tiled as DiffSynth does by default (30x52 latent tiles, stride 15x26) and untiled."""
+    width, height = RESOLUTIONS["480p"][1 if bench.args.tiny else 0]
+    generator = torch.Generator(bench.device).manual_seed(4)
+    latents = torch.randn(1, 16, 39, height // 8, width // 8, generator=generator, device=bench.device, dtype=bench.dtype)
+    rows = []
+    for tiled in (True, False):
+        row = {"tiled": tiled, "size": f"{width}x{height}", "latent_frames": 39, "frames": 153, "status": "ok"}
+        if bench.device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            with torch.no_grad():
+                row["seconds"] = round(bench.clock.time(lambda: vae.decode(
+                    latents, device=bench.device, tiled=tiled, tile_size=(30, 52), tile_stride=(15, 26))), 3)
+            if bench.device == "cuda":
+                row["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        except torch.cuda.OutOfMemoryError:
+            row.update(status="failed", note="CUDA out of memory")
+        log.info("VAE decode: %s", row)
+        rows.append(row)
+    return rows
+
+
 def flop_per_step(block_params: int, layers: int, dim: int, tokens: int) -> float:
     """FLOP_FORMULA: one CFG step, i.e. two forward passes."""
     return 2 * (2 * block_params * tokens + 4 * layers * tokens**2 * dim)
@@ -624,7 +923,9 @@ def pipeline_check(out: Path, device: str) -> dict:
         video = out / "pipeline_check.mp4"
         with tempfile.TemporaryDirectory(prefix="s2v-gpu-step-") as work:
             checkpoint = make_tiny_checkpoint(Path(work) / "tiny-checkpoint")
-            env = {"S2V_DEVICE": device, "S2V_CHECKPOINT": str(checkpoint), "S2V_CACHE_DIR": str(Path(work) / "cache")}
+            # Eager: compiling the tiny blocks would cost this cheap check a minute; the compile row covers compiling.
+            env = {"S2V_DEVICE": device, "S2V_CHECKPOINT": str(checkpoint), "S2V_CACHE_DIR": str(Path(work) / "cache"),
+                   "S2V_COMPILE": "off"}
             with _environ(env):
                 request = GenerationRequest.parse({
                     "image_path": ROOT / "examples/portrait_anna.jpg", "audio_path": ROOT / "examples/speech_short.wav",
@@ -651,6 +952,51 @@ def _num(value, digits=3) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
 
+def render_sections(report: dict) -> list[str]:
+    """The fast row's LoRA, the whole clip and the VAE decode, as markdown lines."""
+    lines = []
+    lora = report.get("lora") or {}
+    if lora:
+        lines += ["", f"LoRA of the fast row (random, rank {lora.get('rank')}, {lora.get('file_mib')} MiB file, "
+                      f"{lora.get('tensors')} DiT tensors): fused in {lora.get('fuse_s')} s by model_runtime.lora "
+                      f"(read + deltas + CPU copies of the originals), restored in {lora.get('restore_s')} s, "
+                      f"bit-exact: {lora.get('restored_bit_exact')}"]
+    clip = report.get("clip")
+    if clip and clip.get("status") == "ok":
+        stages = ", ".join(f"{name} {seconds:.3g} s" for name, seconds in clip["stages_s"].items())
+        lines += [
+            "",
+            f"Whole clip through generate_video, random weights{' (tiny sizes)' if report['tiny'] else ' at real size'} "
+            f"({clip['size']}, {clip['frames']} frames, "
+            f"first segment, mode {clip['mode']}, {clip['steps']} steps = {clip['dit_passes']} DiT passes, "
+            f"rank-{clip['lora_rank']} LoRA fused into {clip['lora_tensors']} tensors in {clip['lora_switch_s']} s):",
+            "",
+            "| clip | seconds | how |",
+            "|---|---|---|",
+            f"| fast (4 steps, 1 pass each) | {clip['fast_clip_s']:.4g} | measured: generation without the one-time "
+            f"LoRA switch |",
+            f"| standard (20 steps with CFG) | {clip['standard_clip_estimate_s']:.4g} | the same run's fixed part + "
+            f"40 passes of {clip['pass_s']:.3g} s + the negative prompt's encoding |",
+            f"| fast speed-up | x{clip['fast_speedup']} | |",
+            "",
+            f"Stages of the fast clip: {stages}; MP4 + mux after the model: {clip['mp4_and_mux_s']} s; "
+            f"peak VRAM {_num(clip['peak_vram_gib'])} GiB.",
+        ]
+    elif clip:
+        lines += ["", f"Whole clip: {json.dumps(clip)}"]
+    decode = report.get("vae_decode")
+    if isinstance(decode, list):
+        lines += ["", "| VAE decode of one continuation segment | size | frames | seconds | peak VRAM GiB | status |",
+                  "|---|---|---|---|---|---|"]
+        for row in decode:
+            lines.append(f"| {'tiled (DiffSynth default)' if row['tiled'] else 'untiled'} | {row['size']} | "
+                         f"{row['frames']} | {_num(row.get('seconds'))} | {_num(row.get('peak_vram_gib'))} | "
+                         f"{row['status']}{': ' + row['note'] if row.get('note') else ''} |")
+    elif decode:
+        lines += ["", f"VAE decode: {json.dumps(decode)}"]
+    return lines
+
+
 def render(report: dict) -> str:
     env, mm, model = report["environment"], report["matmul"], report.get("model")
     where = env.get("gpu") or f"CPU ({env['cpu_threads']} threads)"
@@ -674,16 +1020,18 @@ def render(report: dict) -> str:
         )
     lines += [
         "",
-        "| # | res | setting | s/step (median) | steps timed | TFLOP/s | x floor | peak VRAM GiB | warm-up s | status |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| # | res | setting | passes/step | s/step (median) | steps timed | TFLOP/s | x floor | peak VRAM GiB | "
+        "warm-up s | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, row in enumerate(report["rows"], 1):
         status = row["status"] + (f": {row['note']}" if row["note"] else "")
         lines.append(
-            f"| {i} | {row['resolution']} {row['width']}x{row['height']} | {row['setting']} | "
+            f"| {i} | {row['resolution']} {row['width']}x{row['height']} | {row['setting']} | {row['passes']} | "
             f"{_num(row['median_step_s'], 4)} | {len(row['step_s']) or '-'} | {_num(row['tflop_per_s'])} | "
             f"{_num(row['x_floor'])} | {_num(row['peak_vram_gib'])} | {_num(row['warmup_s'])} | {status} |"
         )
+    lines += render_sections(report)
     check = report["pipeline_check"]
     lines += [
         "",

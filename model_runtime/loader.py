@@ -50,6 +50,15 @@ class LoadedPipeline:
     def presets(self) -> dict:
         return self.files.tiny["presets"] if self.files.is_tiny else {}
 
+    @property
+    def size_area_divisor(self) -> int:
+        """What an official size's area is divided by on this checkpoint (the tiny one keeps CPU runs small)."""
+        if not self.files.is_tiny:
+            return 1
+        from model_runtime.tiny_checkpoint import SIZE_AREA_DIVISOR
+
+        return self.files.tiny.get("size_area_divisor", SIZE_AREA_DIVISOR)
+
 
 def load_pipeline(checkpoint: Path | str, device: str, dtype: torch.dtype, vram_limit_gb: float | None = None) -> LoadedPipeline:
     """Load every S2V component; fails at once, naming the file, if the folder is incomplete."""

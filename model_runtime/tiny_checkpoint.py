@@ -39,6 +39,8 @@ PRESETS = {
     "480p": {"max_area": 80 * 80, "shift": 3.0},
     "720p": {"max_area": 96 * 96, "shift": 5.0},
 }
+# The official sizes (e.g. 1280*720) are maximum areas; on this checkpoint they are divided by this.
+SIZE_AREA_DIVISOR = 64
 
 _TOKENIZER_CORPUS = """A person speaking naturally. A woman talks to the camera in a bright studio.
 A man explains the news calmly, looking straight ahead. Blurry, low quality, static, subtitles.
@@ -107,6 +109,7 @@ def _write(root: Path, seed: int) -> None:
             "audio_encoder": AUDIO_ENCODER,
             "frames_per_clip": FRAMES_PER_SEGMENT,
             "presets": PRESETS,
+            "size_area_divisor": SIZE_AREA_DIVISOR,
         },
     }
     (root / layout.CONFIG).write_text(json.dumps(config, indent=2))

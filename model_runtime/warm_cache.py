@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model_runtime import speed
 from model_runtime.loader import LoadedPipeline, load_pipeline, resolve_device, resolve_dtype
+from model_runtime.lora import LoraSlot
 from s2v.settings import Settings, get_settings
 
 
@@ -15,7 +16,8 @@ from s2v.settings import Settings, get_settings
 class WarmModel:
     loaded: LoadedPipeline
     checkpoint: Path
-    loaded_at: float = field(default_factory=time.time)
+    speed: speed.SpeedOptions = field(default_factory=speed.SpeedOptions)
+    lora: LoraSlot = field(default_factory=LoraSlot)  # the LoRA set fused into the DiT, if any
     generation_count: int = 0
     # One generation at a time on a device: a second would only fight for the same GPU memory.
     generation_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -25,7 +27,7 @@ class WarmModel:
         return self.loaded.pipe
 
 
-_models: dict[tuple[str, str, str], WarmModel] = {}
+_models: dict[tuple, WarmModel] = {}
 _load_lock = threading.Lock()
 load_count = 0  # loads done by this process; a warm process does exactly one
 
@@ -46,18 +48,16 @@ def get_model(checkpoint: Path | str | None = None, settings: Settings | None = 
     root = Path(checkpoint).expanduser() if checkpoint else default_checkpoint(settings)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    key = (str(root.resolve()), device, str(dtype))
+    options = speed.resolve(settings, device)
+    key = (str(root.resolve()), device, str(dtype), options)
     with _load_lock:
         if key in _models:
             return _models[key], True
         loaded = load_pipeline(root, device, dtype, settings.vram_limit_gb)
-        model = _models[key] = WarmModel(loaded=loaded, checkpoint=root)
+        speed.prepare(loaded, options)
+        model = _models[key] = WarmModel(loaded=loaded, checkpoint=root, speed=options)
         load_count += 1
         return model, False
-
-
-def loaded_models() -> list[WarmModel]:
-    return list(_models.values())
 
 
 def memory_in_use_gb(device: str) -> tuple[float, str]:

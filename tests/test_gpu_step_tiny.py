@@ -65,10 +65,40 @@ def test_rows_have_positive_step_times_fastest_first(run):
     for res in ("480p", "720p"):
         medians = [r["median_step_s"] for r in ok if r["resolution"] == res]
         assert medians == sorted(medians)
-    # What CPUs lack is listed, not run: the CUDA-only SDPA kernels and uninstalled libraries.
+    # What CPUs lack is listed, not run: the CUDA-only SDPA kernels, uninstalled libraries, FP8.
     unavailable = {r["setting"] for r in report["rows"] if r["status"] == "unavailable"}
     assert {"torch SDPA, cuDNN forced", "flash-attn 3"} <= unavailable
+    assert any(name.startswith("FP8") for name in unavailable)
     assert "| # | res | setting |" in stdout
+
+
+def test_fast_row_makes_one_pass_per_step_with_a_fused_lora_restored_bit_for_bit(run):
+    _, report, _ = run
+    fast = next(r for r in report["rows"] if r["setting"].startswith("fast mode"))
+    assert fast["status"] == "ok" and fast["passes"] == 1
+    assert {r["passes"] for r in report["rows"] if r is not fast} == {2}
+    lora = report["lora"]
+    assert lora["rank"] == 8 and lora["tensors"] == 20  # q, k, v, o of both attentions + 2 FFN layers, x 2 blocks
+    assert lora["fuse_s"] > 0 and lora["restored_bit_exact"] is True
+
+
+def test_whole_clip_and_vae_decode_were_measured(run):
+    out, report, _ = run
+    clip = report["clip"]
+    assert clip["status"] == "ok", clip
+    assert (clip["mode"], clip["steps"], clip["dit_passes"], clip["segments"]) == ("fast", 4, 4, 1)
+    assert clip["lora_tensors"] == 20 and clip["lora_switch_s"] > 0
+    assert {"DiT passes", "text encoder", "audio encoder", "VAE encode", "VAE decode"} <= set(clip["stages_s"])
+    assert clip["standard_clip_estimate_s"] > clip["fast_clip_s"] > 0
+    assert clip["standard_clip_estimate_s"] == pytest.approx(
+        clip["fast_clip_s"] - clip["stages_s"]["DiT passes"] + clip["stages_s"]["text encoder"] + 40 * clip["pass_s"],
+        abs=0.01)
+    assert (out / clip["video"]).stat().st_size > 0
+    decode = report["vae_decode"]
+    assert [row["tiled"] for row in decode] == [True, False]
+    assert all(row["status"] == "ok" and row["seconds"] > 0 for row in decode)
+    table = (out / "gpu_step.md").read_text()
+    assert "Whole clip through generate_video" in table and "VAE decode of one continuation segment" in table
 
 
 def test_flop_counts_follow_the_formula(run):
@@ -87,8 +117,9 @@ def test_flop_counts_follow_the_formula(run):
         assert info["floor_s"] == pytest.approx((linear + attention) / rate)
         for row in report["rows"]:
             if row["resolution"] == name and row["status"] == "ok":
-                assert row["tflop_per_s"] == pytest.approx((linear + attention) / row["median_step_s"] / 1e12)
-                assert row["x_floor"] == pytest.approx(row["median_step_s"] / info["floor_s"])
+                share = row["passes"] / 2  # a fast-mode step is one of the CFG step's two passes
+                assert row["tflop_per_s"] == pytest.approx(share * (linear + attention) / row["median_step_s"] / 1e12)
+                assert row["x_floor"] == pytest.approx(row["median_step_s"] / (share * info["floor_s"]))
 
 
 def test_product_path_made_a_muxed_clip_and_files_were_written(run):

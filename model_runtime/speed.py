@@ -1,0 +1,158 @@
+"""GPU speed options of the warm model: compiled DiT blocks, the attention kernel, FP8 weights.
+
+One implementation for the runtime (S2V_COMPILE, S2V_ATTENTION, S2V_FP8, S2V_VAE_TILED) and for
+bench/gpu_step.py, which measures each of them.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# DiffSynth's Wan DiT attention (`wan_video_dit.flash_attention`, used by the self-, cross- and audio
+# attention of the S2V blocks) takes flash-attn 3, then flash-attn 2, then SageAttention, else torch
+# SDPA, by these module flags. (diffsynth.core.attention is not on the S2V path.)
+LIBRARY_FLAGS = {"flash-attn-3": "FLASH_ATTN_3_AVAILABLE", "flash-attn-2": "FLASH_ATTN_2_AVAILABLE",
+                 "sage": "SAGE_ATTN_AVAILABLE"}
+SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION",
+                 "sdpa-efficient": "EFFICIENT_ATTENTION", "sdpa-math": "MATH"}
+# auto: DiffSynth's pick (an installed library, else torch SDPA choosing its own kernel);
+# sdpa: torch SDPA with its own kernel choice even when a library is installed; sdpa-*: one SDPA kernel forced.
+ATTENTION_CHOICES = ("auto", "sdpa", *SDPA_BACKENDS, *LIBRARY_FLAGS)
+FP8_METHOD = "torchao_fp8_w8a8"  # DiffSynth's torchao backend: fp8 weights + dynamic fp8 activations
+COMPILE_BACKEND = "inductor"
+COMPILE_RECOMPILE_LIMIT = 64  # one graph per token count: sizes x orientations x first/continuation segment
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    compile: bool = False
+    attention: str = "auto"
+    fp8: bool = False
+    vae_tiled: bool = True
+
+
+def resolve(settings, device: str) -> SpeedOptions:
+    """The options a model on `device` runs with; `auto` compiles on CUDA only (CPU tests stay eager)."""
+    compile_blocks = settings.compile == "on" or (settings.compile == "auto" and device.startswith("cuda"))
+    return SpeedOptions(compile=compile_blocks, attention=settings.attention, fp8=settings.fp8,
+                        vae_tiled=settings.vae_tiled)
+
+
+@contextlib.contextmanager
+def attention(choice: str):
+    """Run the DiT's attention with `choice` (one of ATTENTION_CHOICES); DiffSynth's flags restored after."""
+    import diffsynth.models.wan_video_dit as wan_dit
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if choice not in ATTENTION_CHOICES:
+        raise ValueError(f"attention {choice!r}: expected one of {', '.join(ATTENTION_CHOICES)}")
+    saved = {flag: getattr(wan_dit, flag) for flag in LIBRARY_FLAGS.values()}
+    try:
+        if choice != "auto":
+            if choice in LIBRARY_FLAGS and not saved[LIBRARY_FLAGS[choice]]:
+                raise RuntimeError(f"attention {choice!r} is not installed here")
+            for flag in saved:
+                setattr(wan_dit, flag, flag == LIBRARY_FLAGS.get(choice))
+        forced = SDPA_BACKENDS.get(choice)
+        with sdpa_kernel(getattr(SDPBackend, forced)) if forced else contextlib.nullcontext():
+            yield
+    finally:
+        for flag, value in saved.items():
+            setattr(wan_dit, flag, value)
+
+
+def installed_attention_libraries() -> list[str]:
+    import diffsynth.models.wan_video_dit as wan_dit
+
+    return [name for name, flag in LIBRARY_FLAGS.items() if getattr(wan_dit, flag)]
+
+
+def compile_blocks(dit, backend=None) -> None:
+    """torch.compile each DiT block in place (regional compilation; the parameters keep their names).
+
+    The S2V model_fn calls the blocks one by one, so compiling WanS2VModel.forward would change nothing;
+    DiffSynth's compile_pipeline() skips WanS2VModel, which declares no repeated blocks. The 40 blocks
+    share one graph per token count; compiling happens at the first step of each new size.
+    """
+    dynamo_config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), COMPILE_RECOMPILE_LIMIT))
+    for block in dit.blocks:
+        block.compile(dynamic=False, backend=backend or COMPILE_BACKEND)
+
+
+def uncompile_blocks(dit) -> None:
+    for block in dit.blocks:
+        # nn.Module.compile keeps the compiled forward here; without it the block runs eagerly again.
+        block._compiled_call_impl = None
+
+
+def blocks_compiled(dit) -> bool:
+    return any(getattr(block, "_compiled_call_impl", None) is not None for block in dit.blocks)
+
+
+def is_compile_error(exc: BaseException) -> bool:
+    """Whether `exc` came from torch.compile (dynamo tracing or the backend), not from the model itself."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    kinds: list[type] = [TorchDynamoException]
+    try:
+        from torch._inductor.exc import InductorError
+
+        kinds.append(InductorError)
+    except ImportError:
+        pass
+    return isinstance(exc, tuple(kinds))
+
+
+def fp8_unavailable(device: str) -> str | None:
+    """Why FP8 weights+activations cannot run here, or None."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return "FP8 needs a CUDA GPU"
+    if torch.cuda.get_device_capability() < (8, 9):
+        return f"FP8 needs compute capability 8.9+ (Ada/Hopper); this GPU has {torch.cuda.get_device_capability()}"
+    if importlib.util.find_spec("torchao") is None:
+        return "FP8 needs torchao (pip install torchao)"
+    return None
+
+
+def quantize_fp8(dit) -> int:
+    """FP8 weights and dynamically quantized FP8 activations for every linear layer of the DiT blocks.
+
+    Through DiffSynth's torchao backend; the layers that are not in the 40 blocks (embeddings, head, audio
+    injectors: <15% of the weights) stay bf16. Returns the number of layers quantized.
+    """
+    from diffsynth.core.quant.config import QuantizeConfig
+
+    before = sum(isinstance(m, torch.nn.Linear) for m in dit.blocks.modules())
+    with contextlib.redirect_stdout(io.StringIO()) as chatter:
+        QuantizeConfig(method=FP8_METHOD).quantize_model(dit.blocks)
+    log.debug("diffsynth: %s", chatter.getvalue())
+    return before
+
+
+def prepare(loaded, options: SpeedOptions) -> None:
+    """Apply the load-time options to a freshly loaded pipeline (FP8, then compiling the blocks)."""
+    dit = loaded.pipe.dit
+    if options.attention in LIBRARY_FLAGS and options.attention not in installed_attention_libraries():
+        from s2v.errors import CheckpointError
+
+        raise CheckpointError(f"S2V_ATTENTION={options.attention} but that library is not installed")
+    if options.fp8:
+        reason = fp8_unavailable(loaded.device)
+        if reason:
+            from s2v.errors import CheckpointError
+
+            raise CheckpointError(f"S2V_FP8 is on but {reason}")
+        layers = quantize_fp8(dit)
+        log.info("FP8 (%s): %d linear layers of the DiT blocks quantized", FP8_METHOD, layers)
+    if options.compile:
+        compile_blocks(dit)
+        log.info("DiT blocks compiled (torch.compile); each new size compiles at its first step")

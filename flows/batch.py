@@ -20,7 +20,7 @@ from flows.execute import execute_rows
 from flows.kept_manifests import keep_manifest, load_manifest, manifest_id
 from flows.ledger import load_ledger
 from flows.logs import hide_input_error_tracebacks
-from flows.manifest import parse_manifest
+from flows.manifest import check_local_files, parse_manifest
 from model_runtime.request import GenerationOptions
 from s2v.errors import ManifestError
 from s2v.storage.redaction import redact
@@ -58,7 +58,7 @@ def batch(
     settings = flow_settings(output, checkpoint, model_server)
     text = fetch_manifest(manifest, settings)
     chosen = defaults.model_dump(mode="json")
-    parsed = parse_manifest(text, chosen, settings, manifest_id=manifest_id(text, chosen))
+    parsed = check_local_files(parse_manifest(text, chosen, settings, manifest_id=manifest_id(text, chosen)), settings)
     name = "pasted manifest" if is_csv_text(manifest) else posixpath.basename(redact(manifest).split("?")[0])
     keep_manifest(text, chosen, settings.output, settings, name=name)
     return execute_rows(f"batch {name}", parsed.rows, parsed.invalid, settings, lookahead)
@@ -94,7 +94,7 @@ def retry_failed(
             logger.error("%d row(s) cannot be retried: %s", by_manifest[kept_id], exc)
             continue
         wanted = {record.clip_id for record in failed if record.manifest == kept_id}
-        parsed = parse_manifest(kept.text, kept.defaults, settings, manifest_id=kept_id)
+        parsed = check_local_files(parse_manifest(kept.text, kept.defaults, settings, manifest_id=kept_id), settings)
         rows += [row for row in parsed.rows if row.clip_id in wanted]
         invalid += [row for row in parsed.invalid if row.clip_id in wanted]
         missing = wanted - {row.clip_id for row in [*parsed.rows, *parsed.invalid]}

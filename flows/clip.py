@@ -19,10 +19,8 @@ from flows.context import flow_settings
 from flows.execute import execute_rows
 from flows.kept_manifests import keep_manifest, manifest_id
 from flows.logs import hide_input_error_tracebacks
-from flows.manifest import parse_manifest
-from model_runtime.request import DEFAULT_PROMPT, OFFICIAL_SIZES
-
-Size = Literal["", *OFFICIAL_SIZES]  # type: ignore[valid-type]
+from flows.manifest import check_local_files, parse_manifest
+from model_runtime.request import DEFAULT_PROMPT, Size
 
 
 @flow(name="s2v-clip", task_runner=RUNNER)
@@ -82,7 +80,7 @@ def clip(
         "pose_video": pose_video, "max_segments": max_segments or "", "start_from_ref": "true" if start_from_ref else "",
     }
     text = _csv_text(cells)
-    parsed = parse_manifest(text, None, settings, manifest_id=manifest_id(text, {}))
+    parsed = check_local_files(parse_manifest(text, None, settings, manifest_id=manifest_id(text, {})), settings)
     keep_manifest(text, {}, settings.output, settings, name=f"clip {clip_id or 'from the UI'}")
     return execute_rows(f"clip {(parsed.rows or parsed.invalid)[0].clip_id}", parsed.rows, parsed.invalid, settings,
                         lookahead=1)

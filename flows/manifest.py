@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, ValidationError
 from model_runtime.request import GenerationOptions, input_error_from
 from s2v.errors import InputError, ManifestError
 from s2v.settings import Settings, get_settings
+from s2v.storage.fetch import local_file
 from s2v.storage.locations import check_key, check_scheme
 from s2v.storage.redaction import stable_uri
 from tasks.manifest import manifest_text
@@ -137,6 +138,26 @@ def parse_manifest(
         raise ManifestError(f"the manifest has no rows, only a header; {EXPECTED}")
     _log_warnings(warnings)
     return Manifest(rows=rows, invalid=invalid, warnings=warnings, columns=columns)
+
+
+def check_local_files(manifest: Manifest, settings: Settings) -> Manifest:
+    """The manifest with every row whose local file is missing (or not allowed here) moved to `invalid`.
+
+    A batch calls this right after parsing, so such a row fails in its first second instead of after
+    the rows ahead of it have been generated. Remote files are checked when they are downloaded.
+    """
+    rows, invalid = [], list(manifest.invalid)
+    for row in manifest.rows:
+        try:
+            for name in (*REQUIRED_COLUMNS, *_URI_OPTIONS):
+                uri = getattr(row, name)
+                if uri and check_scheme(uri, name) in ("", "file"):
+                    local_file(uri, name, settings)
+            rows.append(row)
+        except InputError as exc:
+            invalid.append(InvalidRow(row=row.row, clip_id=row.clip_id, error=exc.at_row(row.row), manifest=row.manifest))
+    return Manifest(rows=rows, invalid=sorted(invalid, key=lambda bad: bad.row), warnings=manifest.warnings,
+                    columns=manifest.columns)
 
 
 def _defaults(defaults: BaseModel | Mapping | None) -> dict:

@@ -9,7 +9,7 @@ from flows.context import flow_settings
 from flows.execute import execute_rows
 from flows.kept_manifests import load_manifest
 from flows.logs import hide_input_error_tracebacks
-from flows.manifest import parse_manifest
+from flows.manifest import check_local_files, parse_manifest
 from s2v.errors import ManifestError
 
 
@@ -28,7 +28,7 @@ def row(output: str, manifest: str, clip_id: str, row: int = 0, checkpoint: str 
     hide_input_error_tracebacks()
     settings = flow_settings(output, checkpoint, model_server)
     kept = load_manifest(settings.output, manifest, settings)
-    parsed = parse_manifest(kept.text, kept.defaults, settings, manifest_id=manifest)
+    parsed = check_local_files(parse_manifest(kept.text, kept.defaults, settings, manifest_id=manifest), settings)
     rows = [r for r in parsed.rows if r.clip_id == clip_id]
     invalid = [r for r in parsed.invalid if r.clip_id == clip_id]
     if not rows and not invalid:

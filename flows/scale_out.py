@@ -28,6 +28,7 @@ def run_on_fleet(title: str, text: str, name: str, defaults: GenerationOptions, 
                  limits: FleetLimits, checkpoint: str, model_server: str, row_deployment: str) -> State:
     """Parse and keep the manifest, hand its rows to the GPU pool, wait, report; the run's final state."""
     chosen = defaults.model_dump(mode="json")
+    # Local files are checked by each row's run, on the GPU host that reads them.
     parsed = parse_manifest(text, chosen, settings, manifest_id=manifest_id(text, chosen))
     keep_manifest(text, chosen, settings.output, settings, name=name)
     order = sorted([*parsed.rows, *parsed.invalid], key=lambda row: row.row)

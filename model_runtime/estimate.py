@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from model_runtime.request import FPS, GenerationOptions
 from s2v.errors import InputError
-from s2v.settings import Settings
+from s2v.settings import TINY, Settings
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,9 @@ def dit_passes(guidance_scale: float) -> int:
 
 
 def checkpoint_key(settings: Settings, checkpoint: Path | str | None = None) -> str:
-    # The unset checkpoint is the tiny one in the cache (warm_cache.default_checkpoint), named here without torch.
-    path = Path(checkpoint or settings.checkpoint or settings.cache_dir / "tiny-checkpoint").expanduser()
+    # Unset or "tiny" is the tiny one in the cache (warm_cache.checkpoint_folder), named here without torch.
+    chosen = checkpoint or settings.checkpoint_path()
+    path = Path(chosen if chosen and str(chosen) != TINY else settings.cache_dir / "tiny-checkpoint").expanduser()
     return str(path.resolve())
 
 

@@ -218,8 +218,6 @@ def _preset(model: WarmModel, request: GenerationRequest) -> Preset:
     override = model.loaded.presets.get(request.resolution)
     if override:
         return Preset(**override)
-    if request.resolution == "tiny" and not model.loaded.files.is_tiny:
-        raise InputError("resolution", request.resolution, "the 'tiny' preset is only for the tiny test checkpoint")
     return PRESETS[request.resolution]
 
 

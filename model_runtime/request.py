@@ -15,7 +15,7 @@ FPS = 16
 MIN_SIDE = 64  # DiffSynth's S2V path needs both sides >= 64 and multiples of 16
 SIDE_MULTIPLE = 16
 
-Resolution = Literal["480p", "720p", "tiny"]
+Resolution = Literal["480p", "720p"]
 Mode = Literal["standard", "fast"]
 # The official generate.py's sizes for --task s2v-14B (width*height). Each is a maximum area; the
 # output keeps the image's aspect, so "1280*720" makes a portrait video from a portrait image.
@@ -46,7 +46,6 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "480p": Preset(max_area=399_360, shift=3.0),
     "720p": Preset(max_area=921_600, shift=5.0),
-    "tiny": Preset(max_area=80 * 80, shift=3.0),
 }
 
 

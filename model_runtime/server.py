@@ -33,16 +33,17 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from model_runtime import estimate, protocol
 from model_runtime.protocol import (
     CancelReply, CancelRequest, EncodeAudioReply, EncodeAudioRequest, GenerateCall, GenerateReply, HealthReply,
     HealthRequest, SegmentEvent, ServerState, ShutdownReply, ShutdownRequest, StatusReply, StatusRequest, error_reply,
 )
-from model_runtime.request import input_error_from
-from s2v.errors import GenerationCancelled, GenerationError, GenerationTimeout, InputError, ModelServerError, S2VError
-from s2v.settings import DEFAULT_SOCKET, Settings
+from s2v.errors import (
+    ConfigError, GenerationCancelled, GenerationError, GenerationTimeout, InputError, ModelServerError, S2VError,
+)
+from s2v.settings import DEFAULT_SOCKET, Settings, load_settings
 
 log = logging.getLogger("model_runtime.server")
 
@@ -588,9 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in {"checkpoint": args.checkpoint, "device": args.device}.items() if v is not None}
     try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        print(f"error: {input_error_from(exc, overrides)}", file=sys.stderr)
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     return run(args.socket or settings.model_server or DEFAULT_SOCKET, settings, args.log_file)
 

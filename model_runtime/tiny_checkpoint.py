@@ -35,7 +35,6 @@ DIT = dict(
 FRAMES_PER_SEGMENT = 16
 # The seed's preset names, scaled down: a manifest that asks for 480p runs unchanged on this checkpoint.
 PRESETS = {
-    "tiny": {"max_area": 80 * 80, "shift": 3.0},
     "480p": {"max_area": 80 * 80, "shift": 3.0},
     "720p": {"max_area": 96 * 96, "shift": 5.0},
 }

@@ -9,7 +9,7 @@ from pathlib import Path
 from model_runtime import speed
 from model_runtime.loader import LoadedPipeline, load_pipeline, resolve_device, resolve_dtype
 from model_runtime.lora import LoraSlot
-from s2v.settings import Settings, get_settings
+from s2v.settings import TINY, Settings, get_settings
 
 
 @dataclass
@@ -32,10 +32,11 @@ _load_lock = threading.Lock()
 load_count = 0  # loads done by this process; a warm process does exactly one
 
 
-def default_checkpoint(settings: Settings) -> Path:
-    """The configured checkpoint, else the tiny one, written to the cache on first use."""
-    if settings.checkpoint is not None:
-        return settings.checkpoint.expanduser()
+def checkpoint_folder(checkpoint: Path | str | None, settings: Settings) -> Path:
+    """`checkpoint`, else the configured one; unset or "tiny": the tiny one, written to the cache on first use."""
+    chosen = checkpoint if checkpoint is not None else settings.checkpoint_path()
+    if chosen is not None and str(chosen) != TINY:
+        return Path(chosen).expanduser()
     from model_runtime.tiny_checkpoint import make_tiny_checkpoint
 
     return make_tiny_checkpoint(settings.cache_dir / "tiny-checkpoint")
@@ -45,7 +46,7 @@ def get_model(checkpoint: Path | str | None = None, settings: Settings | None = 
     """(model, was_warm). Concurrent first callers wait for one load instead of loading twice."""
     global load_count
     settings = settings or get_settings()
-    root = Path(checkpoint).expanduser() if checkpoint else default_checkpoint(settings)
+    root = checkpoint_folder(checkpoint, settings)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     options = speed.resolve(settings, device)

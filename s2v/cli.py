@@ -55,10 +55,18 @@ def generate(
     out: Path = typer.Option(..., help="MP4 to write"),
     prompt: Optional[str] = typer.Option(None, help='default "A person speaking naturally"'),
     negative_prompt: Optional[str] = typer.Option(None),
-    resolution: Optional[str] = typer.Option(None, help="480p, 720p (or tiny on the tiny checkpoint)"),
-    sample_steps: Optional[int] = typer.Option(None, help="15..50, default 20"),
+    resolution: Optional[str] = typer.Option(None, help="480p or 720p"),
+    size: Optional[str] = typer.Option(None, help="an official size W*H (e.g. 832*480) as the largest area"),
+    mode: Optional[str] = typer.Option(None, help="standard (20 steps, guidance) or fast (4 steps, guidance 1, with a LoRA)"),
+    sample_steps: Optional[int] = typer.Option(None, help="2..50 (below 15 only with --lora); default: the mode's"),
+    sample_shift: Optional[float] = typer.Option(None, help="noise schedule shift; default: the resolution's and mode's"),
     seed: Optional[int] = typer.Option(None),
     guidance_scale: Optional[float] = typer.Option(None),
+    lora: Optional[Path] = typer.Option(None, help="a LoRA .safetensors file"),
+    lora_strength: Optional[float] = typer.Option(None, help="0..4, default 1"),
+    pose_video: Optional[Path] = typer.Option(None, help="a pose (DWPose) video driving the body"),
+    max_segments: Optional[int] = typer.Option(None, help="make only the first N 5-second segments (a preview)"),
+    start_from_ref: bool = typer.Option(False, help="the portrait itself is the first frame"),
     checkpoint: Optional[Path] = typer.Option(None, help="checkpoint folder (default: S2V_CHECKPOINT, else the tiny one)"),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
     timeout: Optional[float] = typer.Option(None, help="generation limit in seconds (default 1800)"),
@@ -68,7 +76,10 @@ def generate(
 
     fields = dict(
         image_path=image, audio_path=audio, prompt=prompt, negative_prompt=negative_prompt,
-        resolution=resolution, sample_steps=sample_steps, seed=seed, guidance_scale=guidance_scale,
+        resolution=resolution, size=size, mode=mode, sample_steps=sample_steps, sample_shift=sample_shift, seed=seed,
+        guidance_scale=guidance_scale, lora=str(lora.absolute()) if lora else None, lora_strength=lora_strength,
+        pose_video=str(pose_video.absolute()) if pose_video else None, max_segments=max_segments,
+        start_from_ref=start_from_ref or None,
     )
     try:
         request = GenerationRequest.parse({k: v for k, v in fields.items() if v is not None})

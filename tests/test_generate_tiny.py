@@ -124,7 +124,8 @@ def test_missing_checkpoint_file_fails_at_once(tiny_checkpoint, tmp_path):
 
 
 def test_generation_timeout_is_enforced(settings, portrait, short_speech, tmp_path):
-    runtime = InProcessRuntime(settings.model_copy(update={"generation_timeout_s": 0.001}))
+    # A cache of its own: a measured speed there would refuse this request up front instead.
+    runtime = InProcessRuntime(settings.model_copy(update={"generation_timeout_s": 0.001, "cache_dir": tmp_path / "cache"}))
     with pytest.raises(GenerationTimeout, match="limit"):
         runtime.generate(_request(portrait, short_speech), tmp_path / "late.mp4")
     assert not (tmp_path / "late.mp4").exists()

@@ -414,20 +414,24 @@ def test_download_task_does_not_retry_404(tmp_path, http_server, prefect_harness
     assert http_server.hits["/missing-speech.wav"] == 1
 
 
-def test_upload_task_returns_presigned_url(tmp_path, s3_endpoint, prefect_harness):
+def test_upload_task_returns_presigned_urls(tmp_path, s3_endpoint, prefect_harness):
     from prefect import flow
 
     from tasks.upload import upload_video
 
-    video = tmp_path / "clip.mp4"
+    video, poster = tmp_path / "clip.mp4", tmp_path / "clip.jpg"
     video.write_bytes(b"video bytes")
-    settings = make_settings(tmp_path, s3_endpoint_url=s3_endpoint, output="s3://media-out/task")
+    poster.write_bytes(b"jpeg bytes")
+    settings = make_settings(tmp_path, s3_endpoint_url=s3_endpoint)
 
     @flow
     def upload():
-        return upload_video(video, "clip.mp4", settings=settings)
+        return upload_video({"clip.mp4": (video, "video/mp4"), "clip.poster.jpg": (poster, "image/jpeg")},
+                            output="s3://media-out/task", settings=settings)
 
-    assert httpx.get(upload()).content == b"video bytes"
+    urls = upload()
+    assert httpx.get(urls["clip.mp4"]).content == b"video bytes"
+    assert httpx.get(urls["clip.poster.jpg"]).headers["content-type"] == "image/jpeg"
 
 
 # Decode checks of the download stage ------------------------------------------------------------------------

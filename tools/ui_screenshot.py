@@ -1,0 +1,129 @@
+"""Screenshots of what an operator sees in the Prefect UI after a batch: run state, cards, pictures.
+
+Starts a Prefect server with its UI (temporary home, SQLite), runs a small batch on the tiny checkpoint
+(one row fails on purpose) into a local folder and, with --s3, into moto's S3 server (so pictures are
+presigned URLs instead of inlined ones), then opens the pages in headless Chromium and saves PNGs:
+the runs list, the run's artifacts tab, and each card. Needs Debian's chromium (`apt-get install chromium`).
+
+    .venv/bin/python tools/ui_screenshot.py --out /tmp/ui-shots [--s3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--virtual-time-budget=20000"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the Prefect server did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(1)
+
+
+def screenshot(chromium: str, url: str, path: Path, profile: Path, height: int = 1800) -> None:
+    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size=1500,{height}",
+                    f"--screenshot={path}", url], capture_output=True, timeout=180, check=False)
+    print(f"{path}  <- {url}" if path.exists() else f"no screenshot of {url}")
+
+
+def run_batch(output: str) -> str:
+    """A 3-row batch (one broken row) through the real flow; returns the flow run id."""
+    from flows.batch import batch
+
+    broken = Path(tempfile.mkdtemp()) / "broken.jpg"
+    broken.write_bytes(b"half an upload")
+    manifest = (f"clip_id,image,audio,sample_steps\nanna,{EXAMPLES / 'portrait_anna.jpg'},{EXAMPLES / 'speech_short.wav'},15\n"
+                f"chen,{EXAMPLES / 'portrait_chen.jpg'},{EXAMPLES / 'speech_short.wav'},15\n"
+                f"broken,{broken},{EXAMPLES / 'speech_short.wav'},15\n")
+    state = batch(manifest=manifest, output=output, return_state=True)
+    return str(state.state_details.flow_run_id)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--s3", action="store_true", help="also a batch into moto's S3 (presigned pictures)")
+    args = parser.parse_args()
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        raise SystemExit("chromium is not installed (apt-get install chromium)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="s2v-ui-"))
+    port = free_port()
+    ui = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PREFECT_HOME": str(work / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = work / "server.log"
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    moto = None
+    try:
+        wait_healthy(ui, server, log)
+        os.environ.update(PREFECT_API_URL=f"{ui}/api", PREFECT_HOME=str(work / "home"), S2V_CHECKPOINT="tiny",
+                          S2V_CACHE_DIR=str(work / "cache"), S2V_DEVICE="cpu", S2V_LOCAL_INPUTS="true",
+                          PREFECT_LOGGING_LEVEL="WARNING")
+        runs = {"local": run_batch(str(work / "out"))}
+        if args.s3:
+            from moto.server import ThreadedMotoServer
+            import boto3
+
+            os.environ.update(AWS_ACCESS_KEY_ID="ui", AWS_SECRET_ACCESS_KEY="ui", AWS_DEFAULT_REGION="us-east-1")
+            moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            moto.start()
+            host, moto_port = moto.get_host_and_port()
+            os.environ["S2V_S3_ENDPOINT_URL"] = f"http://{host}:{moto_port}"
+            boto3.client("s3", endpoint_url=os.environ["S2V_S3_ENDPOINT_URL"]).create_bucket(Bucket="ui-videos")
+            runs["s3"] = run_batch("s3://ui-videos/batch")
+
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        profile = work / "chromium"
+        screenshot(chromium, f"{ui}/runs", args.out / "runs.png", profile, height=900)
+        with get_client(sync_client=True) as client:
+            for name, run_id in runs.items():
+                screenshot(chromium, f"{ui}/runs/flow-run/{run_id}?tab=Artifacts", args.out / f"{name}-artifacts.png", profile)
+                artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+                for artifact in artifacts:
+                    label = artifact.key or artifact.type
+                    screenshot(chromium, f"{ui}/artifacts/artifact/{artifact.id}", args.out / f"{name}-{label}.png", profile)
+    finally:
+        if moto is not None:
+            moto.stop()
+        server.terminate()
+        server.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

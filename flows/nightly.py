@@ -20,7 +20,7 @@ from flows.scale_out import run_on_fleet
 from model_runtime.request import GenerationOptions
 from s2v.errors import BatchFailed, S2VError
 from s2v.storage.locations import output_location
-from tasks.manifest import fetch_manifest
+from tasks.manifest import read_inbox_manifest
 
 
 @flow(name="s2v-nightly")
@@ -56,7 +56,7 @@ def nightly(
         stem = posixpath.splitext(posixpath.basename(claimed))[0]
         target = output_location(settings.output, stem)
         try:
-            text = fetch_manifest(box.uri(claimed), settings)
+            text = read_inbox_manifest(box.uri(claimed), settings)
             state = run_on_fleet(f"nightly {stem}", text, posixpath.basename(claimed), defaults,
                                  settings.model_copy(update={"output": target}), FleetLimits(max_wait_s=max_wait_hours * 3600),
                                  checkpoint, model_server, row_deployment)

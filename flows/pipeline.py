@@ -37,6 +37,7 @@ from tasks.history import RowHistory, read_row_history
 from tasks.upload import upload_video
 
 RowEnded = Callable[[LedgerRecord], None]
+UPLOAD_POLL_S = 0.5  # how often a wait in the loop looks for finished uploads
 # What a record says about a video made by an earlier run (a skip, or a kept video uploaded now).
 _MADE_FIELDS = (
     "url", "poster_url", "output_uri", "generation_time", "pipeline_time", "video_size_mb", "seed", "tiny_checkpoint",
@@ -123,6 +124,13 @@ def run_rows(
                 uploads.remove(pair)
                 _end_upload(run, future, finish, settings)
 
+    def result(future: PrefectFuture):
+        """The future's result; meanwhile, uploads that finish end their rows at once, not after it."""
+        while not future.state.is_final():
+            collect_uploads(block=False)
+            future.wait(timeout=UPLOAD_POLL_S)
+        return future.result()
+
     top_up()
     while downloads:
         if reason := should_stop():
@@ -132,9 +140,9 @@ def run_rows(
         top_up()
         collect_uploads(block=False)
         try:
-            run.inputs = future.result()
+            run.inputs = result(future)
             run.seconds["download_s"] = run.inputs.download_seconds
-            history: RowHistory = read_row_history.submit(store, run.row.clip_id, run.inputs, run.row.options_hash).result()
+            history: RowHistory = result(read_row_history.submit(store, run.row.clip_id, run.inputs, run.row.options_hash))
             run.attempts = history.attempts + 1
             if history.done is not None:
                 finish(run, "skipped", done=history.done)
@@ -144,13 +152,13 @@ def run_rows(
                 run.made_earlier, run.video = history.kept, Path(history.kept.kept_video)
                 uploads.append((run, _submit_upload(run, settings)))
                 continue
-            encoded = encode_audio.submit(run.row.clip_id, run.inputs.audio_path, settings).result()
+            encoded = result(encode_audio.submit(run.row.clip_id, run.inputs.audio_path, settings))
             run.seconds["encode_s"] = encoded["seconds"]
             run.warm_features = encoded["features"].warm_model
-            generated = generate_video.submit(
+            generated = result(generate_video.submit(
                 run.row.clip_id, _request(run), encoded["features"],
                 work_dir / "videos" / f"{run.row.clip_id}-{run.row.options_hash[:12]}.mp4", settings,
-            ).result()
+            ))
             run.generation, run.seconds["generate_s"] = generated["result"], generated["seconds"]
             run.video, run.poster = Path(run.generation.video_path), run.generation.poster_path
         except GenerationCancelled as exc:

@@ -265,7 +265,7 @@ def _generate_frames(
                 num_inference_steps=sampling.steps,
                 cfg_scale=sampling.guidance,
                 sigma_shift=sampling.shift,
-                tiled=model.speed.vae_tiled,
+                tiled=speed.vae_tiled_for(model.speed, image.width, image.height),
                 output_type="floatpoint",
                 progress_bar_cmd=steps,
             )

@@ -35,14 +35,27 @@ class SpeedOptions:
     compile: bool = False
     attention: str = "auto"
     fp8: bool = False
-    vae_tiled: bool = True
+    vae_tiled: str = "auto"  # on / off / auto: see vae_tiled_for
+    cuda: bool = False
 
 
 def resolve(settings, device: str) -> SpeedOptions:
     """The options a model on `device` runs with; `auto` compiles on CUDA only (CPU tests stay eager)."""
     compile_blocks = settings.compile == "on" or (settings.compile == "auto" and device.startswith("cuda"))
     return SpeedOptions(compile=compile_blocks, attention=settings.attention, fp8=settings.fp8,
-                        vae_tiled=settings.vae_tiled)
+                        vae_tiled=settings.vae_tiled, cuda=device.startswith("cuda"))
+
+
+# Untiled VAE decode of one 480p segment: 3.2 s against 9.0 s tiled, 3.2 GiB more at peak (bench/gpu_step.py, H200,
+# 2026-11-27). Above that area untiled was not measured, so auto keeps DiffSynth's tiles there.
+UNTILED_MAX_AREA = 399_360
+
+
+def vae_tiled_for(options: SpeedOptions, width: int, height: int) -> bool:
+    """Whether the VAE works in tiles for a video of this size."""
+    if options.vae_tiled != "auto":
+        return options.vae_tiled == "on"
+    return not (options.cuda and width * height <= UNTILED_MAX_AREA)
 
 
 @contextlib.contextmanager

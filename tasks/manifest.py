@@ -24,13 +24,25 @@ def fetch_manifest(source: str, settings: Settings) -> str:
     return manifest_text(source, settings)
 
 
+@task(name="read-inbox-manifest", **IO_TASK_OPTIONS)
+def read_inbox_manifest(location: str, settings: Settings) -> str:
+    """A manifest waiting in the operator's inbox: configuration, read without the input guards."""
+    from s2v.storage.outputs import read_output_bytes
+
+    data = read_output_bytes(location, settings)
+    if data is None:
+        raise ManifestError(f"the manifest {location} left the inbox while it was being claimed")
+    return decode_manifest(data, location)
+
+
 def manifest_text(source: str, settings: Settings) -> str:
     from s2v.storage.fetch import read_bytes
+    from s2v.storage.redaction import redact
 
     if is_csv_text(source):
         return source.removeprefix("\ufeff")
     try:
-        return decode_manifest(read_bytes(source, settings, field="manifest"), source)
+        return decode_manifest(read_bytes(source, settings, field="manifest"), redact(source))
     except InputError as exc:
         raise ManifestError(f"cannot read the manifest {exc.value}: {exc.reason}") from None
 

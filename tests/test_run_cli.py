@@ -1,4 +1,5 @@
-"""`s2v run` and `s2v retry` as a person runs them: separate processes on Prefect's embedded API."""
+"""`s2v run`, `s2v retry` and `s2v check` as a person runs them: separate processes on the machine's shared
+local Prefect API (started by the first command, stopped when the session ends)."""
 import json
 import os
 import shutil
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import boto3
 import pytest
 
 from tests.conftest import EXAMPLES, ROOT
@@ -15,15 +17,26 @@ pytestmark = pytest.mark.slow
 PORTRAIT, SPEECH = EXAMPLES / "portrait_anna.jpg", EXAMPLES / "speech_short.wav"
 
 
+@pytest.fixture(scope="module")
+def local_api_dir(tmp_path_factory):
+    """One local Prefect API for these tests, as on a person's machine; stopped at the end."""
+    from s2v.local_api import stop_local_api
+    from s2v.settings import Settings
+
+    folder = tmp_path_factory.mktemp("local-api")
+    yield folder
+    stop_local_api(Settings(local_api_dir=folder))
+
+
 @pytest.fixture
-def cli_env(tiny_checkpoint, tmp_path, tmp_path_factory):
+def cli_env(tiny_checkpoint, tmp_path, local_api_dir):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API_URL")}
     return {
-        **os.environ,
+        **env,
         "S2V_CHECKPOINT": str(tiny_checkpoint),
         "S2V_CACHE_DIR": str(tmp_path / "cache"),
         "S2V_DEVICE": "cpu",
-        # One Prefect home for the session: its database migrations run once.
-        "PREFECT_HOME": str(tmp_path_factory.getbasetemp() / "prefect-home"),
+        "S2V_LOCAL_API_DIR": str(local_api_dir),
     }
 
 
@@ -32,14 +45,20 @@ def _s2v(*args) -> list[str]:
 
 
 def _records(out):
-    path = out / "results.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    """Every record stored at a local output, oldest first (the write-once objects, not the view)."""
+    folder = out / "ledger"
+    found = [json.loads(p.read_text()) for p in folder.glob("*/*.json")] if folder.exists() else []
+    return sorted(found, key=lambda r: (r["finished_at"], r["record_id"]))
+
+
+def _manifest(tmp_path, name: str, rows: list[str]):
+    manifest = tmp_path / name
+    manifest.write_text("clip_id,image,audio,sample_steps\n" + "\n".join(rows) + "\n")
+    return manifest
 
 
 def test_killed_batch_loses_nothing_and_regenerates_nothing(cli_env, tmp_path):
-    manifest = tmp_path / "manifest.csv"
-    rows = [f"clip-{i},{PORTRAIT},{SPEECH},15" for i in range(3)]
-    manifest.write_text("clip_id,image,audio,sample_steps\n" + "\n".join(rows) + "\n")
+    manifest = _manifest(tmp_path, "manifest.csv", [f"clip-{i},{PORTRAIT},{SPEECH},15" for i in range(3)])
     out = tmp_path / "out"
 
     first = subprocess.Popen(_s2v("run", str(manifest), "--output", str(out)), env=cli_env, cwd=ROOT,
@@ -69,11 +88,63 @@ def test_killed_batch_loses_nothing_and_regenerates_nothing(cli_env, tmp_path):
     assert sorted(generated) == ["clip-0", "clip-1", "clip-2"]  # each generated exactly once
 
 
+def test_ctrl_c_stops_the_generation_and_a_rerun_finishes_the_batch(cli_env, tmp_path):
+    news = EXAMPLES / "speech_news.flac"  # a long speech: several segments, time to press Ctrl-C
+    manifest = _manifest(tmp_path, "manifest.csv", [f"first,{PORTRAIT},{SPEECH},15", f"long,{PORTRAIT},{news},50",
+                                                   f"later,{PORTRAIT},{SPEECH},15"])
+    out = tmp_path / "out"
+    run = subprocess.Popen(_s2v("run", str(manifest), "--output", str(out)), env=cli_env, cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 400
+    while not any(r["clip_id"] == "first" for r in _records(out)):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-3000:]
+        time.sleep(0.2)
+    time.sleep(2)  # the long row is generating now
+    pressed = time.monotonic()
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130 and time.monotonic() - pressed < 10, stderr[-3000:]
+    assert "Traceback" not in stderr
+    latest = {r["clip_id"]: r for r in _records(out)}
+    assert latest["first"]["status"] == "succeeded" and latest["long"]["status"] == "interrupted"
+    assert "later" not in latest  # never started: the rerun makes it
+
+    rerun = subprocess.run(_s2v("run", str(manifest), "--output", str(out)), env=cli_env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    made = [r["clip_id"] for r in _records(out) if r["status"] == "succeeded"]
+    assert sorted(made) == ["first", "later", "long"]  # nothing generated twice
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_runs_at_once_into_one_output_both_finish(cli_env, tmp_path, where, request):
+    env = dict(cli_env)
+    if where == "s3":
+        env["S2V_S3_ENDPOINT_URL"] = request.getfixturevalue("s3_endpoint")
+        env.update({k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
+        out = f"s3://media-out/two-runs-{tmp_path.name}"
+    else:
+        out = str(tmp_path / "out")
+    manifests = [_manifest(tmp_path, f"m{k}.csv", [f"m{k}-{i},{PORTRAIT},{SPEECH},15" for i in range(2)]) for k in (1, 2)]
+    runs = [subprocess.Popen(_s2v("run", str(m), "--output", out), env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for m in manifests]
+    for run in runs:
+        stdout, stderr = run.communicate(timeout=900)
+        assert run.returncode == 0, stderr[-3000:]
+        assert "Traceback" not in stdout + stderr
+    if where == "s3":
+        lines = boto3.client("s3", endpoint_url=env["S2V_S3_ENDPOINT_URL"]).get_object(
+            Bucket="media-out", Key=f"{out.split('/', 3)[3]}/results.jsonl")["Body"].read().decode().splitlines()
+        records = [json.loads(line) for line in lines]
+    else:
+        records = _records(tmp_path / "out")
+    assert sorted(r["clip_id"] for r in records if r["status"] == "succeeded") == ["m1-0", "m1-1", "m2-0", "m2-1"]
+
+
 def test_failed_row_exits_nonzero_then_retry_fixes_it(cli_env, tmp_path):
     broken = tmp_path / "face.jpg"
     broken.write_bytes(b"\xff\xd8 truncated upload")
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text(f"clip_id,image,audio,sample_steps\ngood,{PORTRAIT},{SPEECH},15\nbroken,{broken},{SPEECH},15\n")
+    manifest = _manifest(tmp_path, "manifest.csv", [f"good,{PORTRAIT},{SPEECH},15", f"broken,{broken},{SPEECH},15"])
     out = tmp_path / "out"
 
     run = subprocess.run(_s2v("run", str(manifest), "--output", str(out)), env=cli_env, cwd=ROOT,
@@ -86,16 +157,32 @@ def test_failed_row_exits_nonzero_then_retry_fixes_it(cli_env, tmp_path):
     shutil.copy(PORTRAIT, broken)
     retry = subprocess.run(_s2v("retry", str(out)), env=cli_env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert retry.returncode == 0, retry.stderr[-3000:]
+    assert "1 failed row(s) to retry" in retry.stderr
     latest = {r["clip_id"]: r for r in _records(out)}
     assert latest["broken"]["status"] == "succeeded" and latest["good"]["status"] == "succeeded"
     assert [r["clip_id"] for r in _records(out)].count("good") == 1  # retry left the good row alone
 
 
-def test_broken_manifest_fails_before_any_work(cli_env, tmp_path):
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text("picture,sound\na.jpg,b.wav\n")
-    run = subprocess.run(_s2v("run", str(manifest), "--output", str(tmp_path / "out")), env=cli_env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1
-    assert "missing column(s) image, audio" in run.stderr and "Traceback" not in run.stderr
-    assert not (tmp_path / "out").exists()
+def test_broken_and_empty_manifests_fail_before_any_work(cli_env, tmp_path):
+    for text, words in (("picture,sound\na.jpg,b.wav\n", "missing column(s) image, audio"),
+                        ("image,audio\n", "no rows, only a header")):
+        manifest = tmp_path / "manifest.csv"
+        manifest.write_text(text)
+        run = subprocess.run(_s2v("run", str(manifest), "--output", str(tmp_path / "out")), env=cli_env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 1 and words in run.stderr and "Traceback" not in run.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_check_reports_every_row_without_the_model(cli_env, tmp_path):
+    broken = tmp_path / "face.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated upload")
+    manifest = _manifest(tmp_path, "manifest.csv", [f"good,{PORTRAIT},{SPEECH},15", f"broken,{broken},{SPEECH},15",
+                                                   f"gone,{tmp_path / 'nope.jpg'},{SPEECH},15", f"steps,{PORTRAIT},{SPEECH},99"])
+    code = "import sys\nfrom s2v.cli import app\ntry:\n    app()\nfinally:\n    assert 'torch' not in sys.modules\n"
+    check = subprocess.run([sys.executable, "-c", code, "check", str(manifest)], env={**cli_env, "COLUMNS": "200"},
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 1, check.stderr[-2000:]
+    assert "1 ok, 3 bad" in check.stdout and "Traceback" not in check.stdout + check.stderr
+    for words in ("not a decodable image", "file not found", "sample_steps"):
+        assert words in check.stdout

@@ -78,14 +78,20 @@ def write_output_text(location: str, text: str, settings: Settings, content_type
             _put_file(fs, staged, path, content_type, PART_BYTES)
 
 
-def read_output_text(location: str, settings: Settings) -> str | None:
-    """The UTF-8 text at `location` (local path or s3://bucket/key), None when absent."""
+def read_output_bytes(location: str, settings: Settings) -> bytes | None:
+    """The bytes at `location` (local path or s3://bucket/key), None when absent."""
     fs, path = filesystem(location, settings)
     try:
         with transient_as(f"reading {location}"):
-            return fs.cat_file(path).decode("utf-8-sig")
+            return fs.cat_file(path)
     except FileNotFoundError:
         return None
+
+
+def read_output_text(location: str, settings: Settings) -> str | None:
+    """The UTF-8 text at `location` (local path or s3://bucket/key), None when absent."""
+    data = read_output_bytes(location, settings)
+    return None if data is None else data.decode("utf-8-sig")
 
 
 def exists(location: str, settings: Settings) -> bool:

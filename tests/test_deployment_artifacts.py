@@ -93,7 +93,7 @@ def test_start_script_starts_server_then_worker_and_stops_both(tiny_checkpoint, 
         status = json.loads((tmp_path / "status-at-worker-start.json").read_text())
         assert status["status"] == "ready" and status["model_loaded"] is True
         assert (tmp_path / "worker-args").read_text().split() == [
-            "worker", "start", "--pool", "s2v-gpu", "--type", "process", "--name", "gpu-a", "--limit", "1"]
+            "worker", "start", "--pool", "s2v-gpu", "--type", "process", "--name", "gpu-a", "--limit", "2"]
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
@@ -111,12 +111,25 @@ def test_start_script_fails_when_the_server_never_gets_ready(tmp_path):
     fake_s2v.write_text('#!/usr/bin/env bash\nif [ "$1" = server ]; then exec sleep 600; fi\nexit 1\n')
     fake_s2v.chmod(0o755)
     started = time.monotonic()
-    proc = _start_warm({"S2V_BIN": str(fake_s2v), "PREFECT_BIN": str(_fake_worker(tmp_path)),
+    proc = _start_warm({"S2V_BIN": str(fake_s2v), "PREFECT_BIN": str(_fake_worker(tmp_path)), "S2V_CHECKPOINT": "tiny",
                         "S2V_SERVER_READY_TIMEOUT_S": "4", "S2V_MODEL_SERVER": str(tmp_path / "none.sock")})
     assert proc.wait(timeout=60) == 1
     assert time.monotonic() - started < 15
     assert "not ready after 4s (state: down)" in proc.stdout.read()
     assert not (tmp_path / "worker-args").exists()
+
+
+@pytest.mark.parametrize("checkpoint, words", [(None, "S2V_CHECKPOINT is not set"),
+                                                ("/nowhere/Wan2.2-S2V-14B", "S2V_CHECKPOINT=/nowhere/Wan2.2-S2V-14B is not a folder")])
+def test_start_script_refuses_to_start_without_a_real_checkpoint(tmp_path, checkpoint, words):
+    env = {key: value for key, value in os.environ.items() if key != "S2V_CHECKPOINT"}
+    if checkpoint:
+        env["S2V_CHECKPOINT"] = checkpoint
+    started = time.monotonic()
+    proc = subprocess.run([str(ROOT / "deployments/start_warm.sh")], env={**env, "PREFECT_BIN": str(_fake_worker(tmp_path))},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and time.monotonic() - started < 10
+    assert words in proc.stdout and not (tmp_path / "worker-args").exists()
 
 
 @pytest.mark.slow

@@ -22,12 +22,27 @@ def test_flows_tasks_and_cli_import_without_torch():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_cli_help_does_not_import_torch():
+def test_cli_help_imports_neither_prefect_nor_torch():
     code = (
         "import sys\nfrom s2v.cli import app\n"
         "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
-        "assert 'torch' not in sys.modules\n"
+        "heavy = sorted(m for m in ('torch', 'prefect') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "generate" in proc.stdout
+
+
+def test_runpod_handler_and_storage_import_neither_prefect_nor_torch():
+    """The handler answers jobs with the storage layer and the model server's client alone."""
+    code = (
+        "import importlib, pkgutil, sys\nimport s2v.storage\n"
+        "import deployments.runpod.handler, s2v.media_checks, s2v.local_api, model_runtime.client\n"
+        "for module in pkgutil.walk_packages(s2v.storage.__path__, 's2v.storage.'):\n"
+        "    importlib.import_module(module.name)\n"
+        "heavy = sorted(m for m in ('torch', 'prefect', 'diffsynth') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr

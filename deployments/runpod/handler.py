@@ -126,9 +126,10 @@ def _generate_warm(request: GenerationRequest, video: Path, settings: Settings) 
 
 def _generate_cold(request: GenerationRequest, video: Path) -> dict:
     """v1: a fresh process loads the model for this job alone, as the seed's first handler did."""
-    options = request.model_dump(exclude={"image_path", "audio_path"}, exclude_none=True)
+    options = request.model_dump(exclude={"image_path", "audio_path"}, exclude_none=True, exclude_defaults=True)
+    flags = [f"--{name.replace('_', '-')}" + ("" if value is True else f"={value}") for name, value in options.items()]
     command = [sys.executable, "-c", "from s2v.cli import app; app()", "generate", "--image", str(request.image_path),
-               "--audio", str(request.audio_path), "--out", str(video), *(f"--{k.replace('_', '-')}={v}" for k, v in options.items())]
+               "--audio", str(request.audio_path), "--out", str(video), *flags]
     proc = subprocess.run(command, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)  # the whole story goes to the worker log, only the error line to the caller

@@ -26,7 +26,7 @@ from prefect.runtime import flow_run
 from flows.ledger import LedgerRecord, LedgerStore
 from flows.manifest import ClipRow, InvalidRow
 from flows.pipeline import record_invalid_rows
-from flows.zombies import ensure_zombie_automation
+from flows.zombies import GPU_TAG, ensure_zombie_automation
 from s2v.settings import Settings
 
 ROW_DEPLOYMENT = "s2v-row/row"
@@ -83,7 +83,7 @@ def hand_out(
                 parameters={"output": settings.output, "manifest": item.row.manifest, "clip_id": item.row.clip_id,
                             "row": item.row.row, "checkpoint": checkpoint, "model_server": model_server},
                 name=f"row-{item.row.row}-{item.row.clip_id}" + (f"-try{attempt}" if attempt > 1 else ""),
-                tags=[*tags, f"s2v-parent-{parent}"],
+                tags=[*tags, GPU_TAG, f"s2v-parent-{parent}"],
                 idempotency_key=f"{flow_run.id or parent}-{item.row.clip_id}-{attempt}",
             )
             item.runs.append(run.id)

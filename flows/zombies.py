@@ -1,18 +1,20 @@
 """Runs whose host died become Crashed: Prefect's flow-run heartbeats and one proactive automation.
 
 A flow run on a GPU host sends a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (30, the
-least Prefect allows; prefect.yaml sets it for the GPU pool). When a run that has sent one goes silent
-for HEARTBEAT_TIMEOUT_S without reaching a final state, the automation below marks it Crashed, so the
-UI tells the truth and a parent run hands its row to another worker. Prefect evaluates proactive
-triggers every 5 s, so a dead host's run is Crashed within about HEARTBEAT_TIMEOUT_S + 5 s of its
-last heartbeat.
+least Prefect allows; prefect.yaml sets it for the GPU pool, whose deployments carry the tag GPU_TAG).
+When such a run goes silent for HEARTBEAT_TIMEOUT_S without reaching a final state, the automation
+below marks it Crashed, so the UI tells the truth and a parent run hands its row to another worker.
+Prefect evaluates proactive triggers every 5 s, so a dead host's run is Crashed within about
+HEARTBEAT_TIMEOUT_S + 5 s of its last heartbeat. Runs elsewhere (the control pool) keep Prefect's
+default heartbeat of 180 s and are not watched: a 90 s silence is normal for them.
 """
 from __future__ import annotations
 
 import logging
 from datetime import timedelta
 
-AUTOMATION_NAME = "s2v: crash flow runs whose host stopped sending heartbeats"
+AUTOMATION_NAME = "s2v: crash GPU flow runs whose host stopped sending heartbeats"
+GPU_TAG = "s2v-gpu"  # every deployment of the GPU pool carries it (prefect.yaml)
 HEARTBEAT_S = 30
 HEARTBEAT_TIMEOUT_S = 90  # three missed heartbeats
 
@@ -31,6 +33,7 @@ def zombie_automation():
                     "(killed, out of memory, power): mark it Crashed so its work is handed out again.",
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{GPU_TAG}"},
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", *final},
             for_each={"prefect.resource.id"},
@@ -46,12 +49,21 @@ def zombie_automation():
 
 
 def ensure_zombie_automation() -> bool:
-    """Create the automation on the Prefect server unless one of that name exists; True when created."""
+    """Create the automation on the Prefect server unless it is there as defined here; True when created."""
     from prefect.client.orchestration import get_client
 
+    wanted = zombie_automation()
     with get_client(sync_client=True) as client:
-        if client.read_automations_by_name(AUTOMATION_NAME):
+        existing = client.read_automations_by_name(AUTOMATION_NAME)
+        if any(_same(found, wanted) for found in existing):
             return False
-        client.create_automation(zombie_automation())
+        for outdated in existing:  # an older definition: replaced, so one automation watches the runs
+            client.delete_automation(outdated.id)
+        client.create_automation(wanted)
     log.info("created the automation %r", AUTOMATION_NAME)
     return True
+
+
+def _same(found, wanted) -> bool:
+    fields = {"trigger", "actions", "enabled"}
+    return found.model_dump(mode="json", include=fields) == wanted.model_dump(mode="json", include=fields)

@@ -28,7 +28,7 @@ def execute_rows(
     shared_cards: bool = True,
 ) -> State:
     """Every row ends in the ledger at `settings.output`; returns the run's final state (data: summary)."""
-    from model_runtime.interrupt import stop_requested
+    from model_runtime.interrupt import request_stop, stop_requested
 
     logger = get_run_logger()
     store = LedgerStore(settings.output, settings)
@@ -45,8 +45,15 @@ def execute_rows(
     for bad in invalid:
         logger.warning("row %d is invalid: %s", bad.row, bad.error)
     record_invalid_rows(invalid, store, settings, on_row_end)
-    run_rows(rows, settings=settings, store=store, lookahead=lookahead,
-             on_row_end=on_row_end, should_stop=stop_requested)
+    try:
+        run_rows(rows, settings=settings, store=store, lookahead=lookahead,
+                 on_row_end=on_row_end, should_stop=stop_requested)
+    except BaseException as exc:
+        # The run was cancelled (Prefect raises TerminationSignal here) or interrupted: the generation in
+        # the task thread stops at its next step too (and cancels its model-server job), instead of
+        # keeping this process, and the GPU, busy for nobody.
+        request_stop(f"the flow run was stopped ({type(exc).__name__})")
+        raise
     waiting = store.flush()
     if waiting:
         logger.warning("%d ledger record(s) could not be uploaded to %s yet; they wait on this machine and go up "

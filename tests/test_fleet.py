@@ -147,13 +147,14 @@ def test_a_cancelled_clip_run_stops_its_generation_and_the_server_serves_the_nex
     settings = Settings(cache_dir=fleet.base / "direct-client", generation_timeout_s=600)
     busy = None
     deadline = time.monotonic() + 600
-    while busy is None:
+    while busy is None:  # the host whose server is generating (not encoding) this run's video
         for host in HOSTS:
             try:
-                if ModelServerClient(fleet.socket(host), settings, autostart=False).status().job_id:
-                    busy = host
+                job = ModelServerClient(fleet.socket(host), settings, autostart=False).status().job_id
             except Exception:  # a host whose server is still loading
-                pass
+                continue
+            if job and f"generate job {job} started" in (fleet.logs / f"{host}.log").read_text():
+                busy = host
         assert time.monotonic() < deadline, fleet.tail()
         time.sleep(0.2)
     log = fleet.logs / f"{busy}.log"

@@ -101,17 +101,6 @@ def exists(location: str, settings: Settings) -> bool:
         return bool(path) and fs.isfile(path)
 
 
-def list_names(location: str, settings: Settings) -> list[str]:
-    """Names of the files directly under the folder (or prefix) `location`, sorted; [] when there is none."""
-    fs, path = filesystem(location, settings)
-    try:
-        with transient_as(f"listing {location}"):
-            entries = fs.ls(path, detail=True)
-    except FileNotFoundError:
-        return []
-    return sorted(entry["name"].rstrip("/").rpartition("/")[2] for entry in entries if entry["type"] == "file")
-
-
 def _put_file(fs: Any, local_file: Path, path: str, content_type: str, part_bytes: int) -> None:
     if _is_local(fs):
         _copy_atomically(local_file, Path(path))

@@ -24,7 +24,8 @@ from flows.manifest import check_local_files, parse_manifest
 from model_runtime.request import GenerationOptions
 from s2v.errors import ManifestError
 from s2v.storage.redaction import redact
-from tasks.manifest import fetch_manifest, is_csv_text
+from s2v.storage.manifests import is_csv_text
+from tasks.manifest import fetch_manifest
 
 # Downloads ahead + one encode + one generation + uploads; bounded so a big manifest cannot start
 # hundreds of downloads at once.

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from s2v.settings import Settings, get_settings
 from s2v.storage.fetch import local_file
 from s2v.storage.locations import check_key, check_scheme
 from s2v.storage.redaction import stable_uri
-from tasks.manifest import manifest_text
+from s2v.storage.manifests import manifest_text
 
 log = logging.getLogger(__name__)
 
@@ -257,12 +258,16 @@ def _check_unique(clip_id: str, number: int, given: bool, seen: dict[str, int]) 
 
 
 def _log_warnings(warnings: list[str]) -> None:
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
+    logger = log
+    # In a flow run the warnings go to its log too. Outside one (the CLI reading a manifest before its
+    # flow starts) Prefect is not imported here: its settings are fixed at import.
+    if "prefect" in sys.modules:
+        from prefect.exceptions import MissingContextError
+        from prefect.logging import get_run_logger
 
-    try:
-        logger = get_run_logger()
-    except MissingContextError:
-        logger = log
+        try:
+            logger = get_run_logger()
+        except MissingContextError:
+            pass
     for warning in warnings:
         logger.warning(warning)

@@ -230,7 +230,8 @@ def _record(run: RowRun, status: str, error: str | None, done: LedgerRecord | No
     if run.inputs:
         fields.update(image_sha256=run.inputs.image_sha256, audio_sha256=run.inputs.audio_sha256)
     if run.generation is not None:
-        made = run.generation.model_dump(mode="json", exclude={"lora", "pose_video", "video_path", "poster_path"})
+        # The row's own total_time (download to upload) stays; the generation's is only its part.
+        made = run.generation.model_dump(mode="json", exclude={"lora", "pose_video", "video_path", "poster_path", "total_time"})
         fields.update({name: value for name, value in made.items() if name in LedgerRecord.model_fields})
         # The first row of a cold process loads the model in its encode stage: not warm either.
         fields["warm_model"] = run.generation.warm_model and run.warm_features

@@ -21,7 +21,8 @@ from flows.report import BatchReport, final_state
 from model_runtime.request import GenerationOptions
 from s2v.settings import Settings
 from s2v.storage.redaction import redact
-from tasks.manifest import fetch_manifest, is_csv_text
+from s2v.storage.manifests import is_csv_text
+from tasks.manifest import fetch_manifest
 
 
 def run_on_fleet(title: str, text: str, name: str, defaults: GenerationOptions, settings: Settings,

@@ -43,7 +43,7 @@ def run_batch(manifest: str | None, settings: Settings, lookahead: int, verbose:
 def _check_manifest(manifest: str, settings: Settings) -> int:
     """Parsed here first, so a broken manifest fails in a second, before Prefect or the model start."""
     from flows.manifest import parse_manifest
-    from tasks.manifest import manifest_text
+    from s2v.storage.manifests import manifest_text
 
     parsed = parse_manifest(manifest_text(manifest, settings), None, settings)
     return len(parsed.rows) + len(parsed.invalid)
@@ -69,6 +69,10 @@ def _prepare_prefect(settings: Settings, verbose: bool, console) -> None:
         from s2v.local_api import ensure_local_api
 
         os.environ["PREFECT_API_URL"] = ensure_local_api(settings)
+    if "prefect" in sys.modules:  # Prefect reads its settings at import: make it see the ones set here
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
     if verbose:
         console.print(f"Prefect API: {os.environ['PREFECT_API_URL']}")
 

@@ -19,7 +19,7 @@ def check_manifest(manifest: str, settings: Settings, console) -> int:
     from rich.table import Table
 
     from flows.manifest import parse_manifest
-    from tasks.manifest import manifest_text
+    from s2v.storage.manifests import manifest_text
 
     parsed = parse_manifest(manifest_text(manifest, settings), None, settings)
     table = Table(title=f"{manifest}: {len(parsed.rows) + len(parsed.invalid)} row(s)")

@@ -67,6 +67,7 @@ def test_mixed_manifest_ends_every_row_in_the_ledger(prefect_harness, env, tmp_p
         assert record.status == "succeeded", record.error
         assert _playable_with_speech(record.output_uri)
         assert record.image_sha256 and record.generate_s > 0 and record.sample_steps == 15
+        assert record.total_time >= record.download_s + record.encode_s + record.generate_s  # the row's own time
         # The record says what was made: a tiny-model video of this size and length, and its picture.
         assert record.tiny_checkpoint is True and record.width and record.height and record.duration > 0
         assert record.frames > 0 and record.poster_url and (out / f"{clip_id}.poster.jpg").is_file()

@@ -30,15 +30,11 @@ from tasks.manifest import fetch_manifest
 # Downloads ahead + one encode + one generation + uploads; bounded so a big manifest cannot start
 # hundreds of downloads at once.
 RUNNER = ThreadPoolTaskRunner(max_workers=6)
-MANIFEST_HELP = (
-    "the manifest: a path or URI (http(s)://, s3://) of a CSV file, or the CSV text itself, e.g.\n"
-    "image,audio,prompt\nhttps://example.com/anna.jpg,https://example.com/hello.wav,A woman speaking warmly"
-)
 
 
 @flow(name="s2v-batch", task_runner=RUNNER, log_prints=False)
 def batch(
-    manifest: Annotated[str, Field(description=MANIFEST_HELP)],
+    manifest: str,
     output: str = "",
     defaults: GenerationOptions = GenerationOptions(),
     lookahead: Annotated[int, Field(ge=1, le=16)] = 2,
@@ -48,7 +44,9 @@ def batch(
     """Every manifest row -> download, audio-encode, generate, upload on this worker; every row ends in the ledger.
 
     Args:
-        manifest: a path or URI (http(s)://, s3://) of a CSV manifest, or the CSV text itself (header line first: image,audio,prompt,...)
+        manifest: a path or URI (http(s)://, s3://) of a CSV manifest, or the CSV text itself: a header line,
+            then one line per clip, e.g. "image,audio,prompt" then
+            "https://cdn.example.com/anna.jpg,https://cdn.example.com/hello.wav,A woman greets the viewer"
         output: local folder or s3://bucket/prefix for the videos and the ledger (empty: S2V_OUTPUT)
         defaults: generation options for the rows that leave them empty
         lookahead: rows fetched ahead of the one generating (1..16)

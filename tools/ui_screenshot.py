@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--virtual-time-budget=20000"]
+                  "--hide-scrollbars"]
+SETTLE_S = 8.0  # the UI is a single-page app: it draws after its API calls, well after the load event
 
 
 def free_port() -> int:
@@ -47,10 +48,55 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
         time.sleep(1)
 
 
-def screenshot(chromium: str, url: str, path: Path, profile: Path, height: int = 1800) -> None:
-    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size=1500,{height}",
-                    f"--screenshot={path}", url], capture_output=True, timeout=180, check=False)
-    print(f"{path}  <- {url}" if path.exists() else f"no screenshot of {url}")
+class Browser:
+    """Headless Chromium driven over the DevTools protocol: open a page, let it settle, capture it."""
+
+    def __init__(self, chromium: str, profile: Path):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--remote-debugging-port={self.port}",
+             "--window-size=1500,1800", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.socket_url = self._page_socket()
+        self._id = 0
+
+    def _page_socket(self) -> str:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                pages = httpx.get(f"http://127.0.0.1:{self.port}/json", timeout=2).json()
+                return next(p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page")
+            except (httpx.HTTPError, StopIteration, ValueError):
+                if time.monotonic() > deadline:
+                    raise SystemExit("chromium did not open its DevTools port")
+                time.sleep(0.5)
+
+    def shoot(self, url: str, path: Path, height: int = 1800) -> None:
+        import base64
+        import json
+
+        from websockets.sync.client import connect
+
+        with connect(self.socket_url, max_size=64 * 2**20) as ws:
+            def call(method: str, **params):
+                self._id += 1
+                ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+                while True:
+                    reply = json.loads(ws.recv())
+                    if reply.get("id") == self._id:
+                        return reply.get("result", {})
+
+            call("Emulation.setDeviceMetricsOverride", width=1500, height=height, deviceScaleFactor=1, mobile=False)
+            call("Page.navigate", url=url)
+            time.sleep(SETTLE_S)
+            data = call("Page.captureScreenshot", format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
+        print(f"{path}  <- {url}")
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
 
 
 def run_batch(output: str) -> str:
@@ -78,7 +124,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="s2v-ui-"))
     port = free_port()
     ui = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PREFECT_HOME": str(work / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_HOME": str(work / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_API_URL": f"{ui}/api"}  # the UI calls the API at this address
     env.pop("PREFECT_API_URL", None)
     log = work / "server.log"
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -105,16 +152,19 @@ def main() -> int:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-        profile = work / "chromium"
-        screenshot(chromium, f"{ui}/runs", args.out / "runs.png", profile, height=900)
-        with get_client(sync_client=True) as client:
-            for name, run_id in runs.items():
-                screenshot(chromium, f"{ui}/runs/flow-run/{run_id}?tab=Artifacts", args.out / f"{name}-artifacts.png", profile)
-                artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
-                for artifact in artifacts:
-                    label = artifact.key or artifact.type
-                    screenshot(chromium, f"{ui}/artifacts/artifact/{artifact.id}", args.out / f"{name}-{label}.png", profile)
+        browser = Browser(chromium, work / "chromium")
+        try:
+            browser.shoot(f"{ui}/runs", args.out / "runs.png", height=900)
+            with get_client(sync_client=True) as client:
+                for name, run_id in runs.items():
+                    browser.shoot(f"{ui}/runs/flow-run/{run_id}?tab=Artifacts", args.out / f"{name}-artifacts.png")
+                    artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+                        flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+                    for artifact in artifacts:
+                        label = (artifact.key or artifact.type).rsplit("-", 1)[-1]
+                        browser.shoot(f"{ui}/artifacts/artifact/{artifact.id}", args.out / f"{name}-{label}.png")
+        finally:
+            browser.close()
     finally:
         if moto is not None:
             moto.stop()

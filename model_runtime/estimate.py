@@ -86,6 +86,11 @@ def segments_for(speech_seconds: float, frames_per_segment: int = REAL_FRAMES_PE
     return min(segments, max_segments) if max_segments else segments
 
 
+def preset_name(options: GenerationOptions) -> str:
+    """The name a figure is kept under: the official size when the row asks for one, else its resolution."""
+    return getattr(options, "size", "") or options.resolution
+
+
 def dit_passes(guidance_scale: float) -> int:
     """DiT passes per denoising step: guidance runs the model with and without the prompt."""
     return 1 if guidance_scale == 1 else 2
@@ -123,15 +128,15 @@ def estimate(
     a host's own cache folder is that host's. `segments` replaces the count worked out from the speech
     (audio features made earlier know it exactly)."""
     found = _find(_read(timings_path(settings)), checkpoint_key(settings, checkpoint), device or settings.device)
-    if found is None or options.resolution not in found.resolutions:
+    if found is None or preset_name(options) not in found.resolutions:
         return None
-    per_pass = found.resolutions[options.resolution].seconds_per_dit_pass
+    per_pass = found.resolutions[preset_name(options)].seconds_per_dit_pass
     max_segments = getattr(options, "max_segments", None)
     if segments is None:
         segments = segments_for(speech_seconds, found.frames_per_segment, max_segments)
     elif max_segments:
         segments = min(segments, max_segments)
-    seconds = segments * options.sample_steps * dit_passes(options.guidance_scale) * per_pass
+    seconds = segments * options.effective_steps * dit_passes(options.effective_guidance) * per_pass
     return Estimate(seconds=seconds, segments=segments, speech_seconds=speech_seconds, device=found.device, seconds_per_dit_pass=per_pass)
 
 
@@ -156,7 +161,7 @@ def check_within_limit(
     if found is not None and found.seconds > limit_s:
         raise InputError("audio", str(audio), (
             f"speech of {speech_seconds:.1f} s needs {found.segments} segment(s), estimated {_seconds(found.seconds)} s "
-            f"on {found.device} at {options.resolution}, {options.sample_steps} steps; the limit is {_seconds(limit_s)} s "
+            f"on {found.device} at {preset_name(options)}, {options.effective_steps} steps; the limit is {_seconds(limit_s)} s "
             f"({limit_name}). Shorten the speech, lower sample_steps or resolution, or raise the limit"
         ))
     return found

@@ -65,14 +65,14 @@ class InProcessRuntime:
         max_segments = getattr(request, "max_segments", None)
         estimate.record(
             self.settings, checkpoint=model.checkpoint, device=device, frames_per_segment=model.loaded.frames_per_segment,
-            resolution=request.resolution, generation_seconds=result.generation_time,
+            resolution=estimate.preset_name(request), generation_seconds=result.generation_time,
             segments=min(result.segments, max_segments) if max_segments else result.segments,
-            sample_steps=result.sample_steps, guidance_scale=request.guidance_scale, warm=not first_run,
+            sample_steps=result.sample_steps, guidance_scale=result.guidance_scale, warm=not first_run,
         )
         return result
 
     def _check_estimate(self, request: GenerationRequest, features: AudioFeatures | None, checkpoint: Path, device: str) -> None:
-        if request.resolution not in estimate.figures(self.settings, checkpoint, device):
+        if estimate.preset_name(request) not in estimate.figures(self.settings, checkpoint, device):
             return  # nothing measured: no need to read the speech's length
         if features is not None:
             seconds, segments = features.duration, features.segments

@@ -56,15 +56,17 @@ def test_figure_is_seconds_per_dit_pass_and_estimates_scale_with_the_work(settin
     found = estimate.estimate(settings, 81.0, options, segments=3)  # audio features know the count exactly
     assert (found.segments, found.seconds, found.device) == (3, pytest.approx(3 * 30 * 2 * 0.5), H100)
     assert estimate.estimate_seconds(settings, 81.0, GenerationOptions(resolution="720p")) is None  # not measured
+    # Unset steps and guidance are the mode's: standard 20 x 2 passes, fast 4 x 1 pass.
+    assert estimate.estimate_seconds(settings, 81.0, GenerationOptions()) == pytest.approx(17 * 20 * 2 * 0.5)
+    fast = GenerationOptions(mode="fast", lora="/loras/lightning.safetensors")
+    assert estimate.estimate_seconds(settings, 81.0, fast) == pytest.approx(17 * 4 * 1 * 0.5)
+    assert estimate.estimate_seconds(settings, 81.0, GenerationOptions(size="832*480")) is None  # its own figure
 
 
 def test_max_segments_caps_the_estimate(settings):
-    class Capped(GenerationOptions):  # stands in for the max_segments option until GenerationOptions has it
-        max_segments: int | None = None
-
     _record(settings, 40.0)
-    assert estimate.estimate(settings, 81.0, Capped(max_segments=2)).segments == 2
-    assert estimate.estimate(settings, 81.0, Capped(max_segments=2), segments=5).segments == 2
+    assert estimate.estimate(settings, 81.0, GenerationOptions(max_segments=2)).segments == 2
+    assert estimate.estimate(settings, 81.0, GenerationOptions(max_segments=2), segments=5).segments == 2
 
 
 def test_running_figure_moves_by_the_smoothing_weight(settings):

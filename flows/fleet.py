@@ -97,7 +97,10 @@ def hand_out(
             if time.monotonic() > deadline:
                 _give_up(client, pending, limits, logger)
                 break
-            _poll(client, pending, limits, submit, logger)
+            try:
+                _poll(client, pending, limits, submit, logger)
+            except Exception as exc:  # the API away for a moment must not end the night: look again
+                logger.warning("could not read the row runs' states (%s: %s); trying again", type(exc).__name__, exc)
             if on_progress:
                 on_progress(sum(1 for item in pending.values() if item.state is not None), len(pending))
             if time.monotonic() > next_compaction:

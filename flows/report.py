@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import logging
 import tempfile
 from collections import Counter
@@ -117,7 +118,7 @@ class BatchReport:
         ended = sum(1 for clip_id in self.order if clip_id in self.records)
         update_progress_artifact(self.progress_id, progress=100.0 * ended / max(len(self.order), 1),
                                  description=self._progress_text())
-        self._update(self.table_id, _table_json(self._table()))
+        self._update(self.table_id, json.dumps(self._table()))
         self._update(self.videos_id, self._videos_markdown())
 
     def fleet_progress(self, ended: int, total: int) -> None:
@@ -271,12 +272,6 @@ def _thumbnail(data: bytes) -> bytes:
         buffer = io.BytesIO()
         image.convert("RGB").save(buffer, format="JPEG", quality=80)
     return buffer.getvalue()
-
-
-def _table_json(table: list[dict]) -> str:
-    import json
-
-    return json.dumps(table)
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -12,7 +12,8 @@ from s2v.settings import Settings
 
 @task(name="encode-audio", task_run_name="encode-audio-{clip_id}")
 def encode_audio(clip_id: str, audio_path: Path, settings: Settings) -> dict:
-    """Returns {"features": AudioFeatures record, "seconds": float}. No retries: nothing here is I/O."""
+    """Returns {"features": AudioFeatures record, "seconds": float}. No Prefect retries: the model (or its
+    server, whose client has its own timeouts) fails for reasons a retry would not change."""
     from model_runtime.client import runtime_for
 
     started = time.perf_counter()

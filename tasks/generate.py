@@ -8,16 +8,15 @@ from prefect import task
 
 from s2v.settings import Settings
 
-# Only this stage holds the GPU: a Prefect tag concurrency limit named "gpu" (created on the server,
-# see README) caps it across flow runs; inside a process the warm model's lock and the server's queue
-# are the real guard, which stays right even if a killed run orphans a Prefect slot.
-GPU_TAG = "gpu"
+# Only this stage (and audio-encode) uses the GPU. The guard is per host: the warm model's lock in a
+# process, the model server's one-job-at-a-time queue across the runs of a host. There is no fleet-wide
+# Prefect limit, which would let N hosts generate one video at a time.
 
 
-@task(name="generate-video", task_run_name="generate-video-{clip_id}", tags=[GPU_TAG])
-def generate_video(clip_id: str, request, features, out_path: Path, settings: Settings):
-    """Returns the runtime's GenerationResult. No Prefect retries: a failed generation is not transient,
-    and a retry would spend GPU minutes on the same failure."""
+@task(name="generate-video", task_run_name="generate-video-{clip_id}")
+def generate_video(clip_id: str, request, features, out_path: Path, settings: Settings) -> dict:
+    """Returns {"result": GenerationResult, "seconds": float}. No Prefect retries: a failed generation is
+    not transient, and a retry would spend GPU minutes on the same failure."""
     from model_runtime.client import runtime_for
 
     started = time.perf_counter()

@@ -27,6 +27,7 @@ from flows.ledger import LedgerRecord, LedgerStore
 from flows.manifest import ClipRow, InvalidRow
 from flows.pipeline import record_invalid_rows
 from flows.zombies import GPU_TAG, ensure_zombie_automation
+from s2v.row_checks import row_files
 from s2v.settings import Settings
 
 ROW_DEPLOYMENT = "s2v-row/row"
@@ -81,7 +82,9 @@ def hand_out(
             run = client.create_flow_run_from_deployment(
                 deployment.id,
                 parameters={"output": settings.output, "manifest": item.row.manifest, "clip_id": item.row.clip_id,
-                            "row": item.row.row, "checkpoint": checkpoint, "model_server": model_server},
+                            "row": item.row.row, "checkpoint": checkpoint, "model_server": model_server,
+                            # The kept manifest has no credentials; the row's URLs travel with its run.
+                            "files": row_files(item.row)},
                 name=f"row-{item.row.row}-{item.row.clip_id}" + (f"-try{attempt}" if attempt > 1 else ""),
                 tags=[*tags, GPU_TAG, f"s2v-parent-{parent}"],
                 idempotency_key=f"{flow_run.id or parent}-{item.row.clip_id}-{attempt}",

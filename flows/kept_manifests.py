@@ -1,6 +1,8 @@
 """Manifests kept beside the ledger by content hash, so a retry can rerun a row from any batch ever run.
 
-    manifests/<id>.csv    the manifest's text, as the batch read it
+    manifests/<id>.csv    the manifest's text, as the batch read it, without credentials: URLs' userinfo
+                          and signing parameters are REDACTED (the output, or its public prefix, may be read
+                          by others); rerunning such a row needs its URL again (README, "The ledger")
     manifests/<id>.json   {"defaults": ..., "name": ..., "kept_at": ...}: what its empty cells meant
 
 The id hashes the text and the defaults together: the same rows with other defaults are other clips.
@@ -18,6 +20,7 @@ from s2v.errors import ManifestError
 from s2v.settings import Settings
 from s2v.storage.locations import output_location
 from s2v.storage.outputs import read_output_text, write_output_text
+from s2v.storage.redaction import text_without_credentials
 
 FOLDER = "manifests"
 # Where batches of older versions kept their (single, overwritten) manifest copy.
@@ -38,10 +41,14 @@ def manifest_id(text: str, defaults: dict) -> str:
 
 
 def keep_manifest(text: str, defaults: dict, output: str, settings: Settings, name: str = "") -> KeptManifest:
-    """Store the manifest and its defaults under `output`/manifests/ (once per content); returns it."""
+    """Store the manifest and its defaults under `output`/manifests/ (once per content); returns it.
+
+    The id is the given text's, which every record of its rows names; the stored text has no credentials.
+    Rows keep their clip ids and options hashes: both leave userinfo and signatures out."""
     kept = KeptManifest(id=manifest_id(text, defaults), text=text, defaults=defaults, name=name)
     if read_output_text(output_location(output, f"{FOLDER}/{kept.id}.json"), settings) is None:
-        write_output_text(output_location(output, f"{FOLDER}/{kept.id}.csv"), text, settings, content_type="text/csv")
+        write_output_text(output_location(output, f"{FOLDER}/{kept.id}.csv"), text_without_credentials(text), settings,
+                          content_type="text/csv")
         about = {"defaults": defaults, "name": name, "kept_at": datetime.now(timezone.utc).isoformat()}
         # Written last: a manifest whose .json exists is complete.
         write_output_text(output_location(output, f"{FOLDER}/{kept.id}.json"), json.dumps(about, indent=2), settings,

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field, ValidationError
 from model_runtime.request import GenerationOptions, input_error_from
 from s2v.errors import InputError, ManifestError
 from s2v.settings import Settings, get_settings
-from s2v.storage.fetch import local_file
+from s2v.row_checks import check_local_option_file, check_not_redacted
 from s2v.storage.locations import check_key, check_scheme
 from s2v.storage.redaction import stable_uri
 from s2v.storage.manifests import manifest_text
@@ -96,9 +96,10 @@ def parse_manifest(
     settings: Settings | None = None,
     manifest_id: str | None = None,
 ) -> Manifest:
-    """Parse a manifest given as a path/URI (local, file://, http(s)://, s3://) or as CSV text.
+    """Parse a manifest given as CSV text (a str) or by its location (a Path: local, file://, http(s)://, s3://).
 
-    A str holding both a newline and a comma is taken as CSV text; anything else is a location.
+    A str is always the manifest's content, never read as a location: an empty file, a header without
+    a final newline or a file holding one URL is read as what it is.
     `defaults` (ClipOptions or a dict of its fields) fill the option cells a row leaves empty;
     `manifest_id` is recorded in every row (the id its kept copy has under the output).
     Raises ManifestError when the manifest cannot be used as a whole; TransientError when a remote
@@ -106,7 +107,7 @@ def parse_manifest(
     """
     settings = settings or get_settings()
     base = _defaults(defaults)
-    frame = _read_frame(source if isinstance(source, str) and "\n" in source else manifest_text(str(source), settings))
+    frame = _read_frame(source if isinstance(source, str) else manifest_text(str(source), settings))
     columns = [str(name).strip().lower() for name in frame.columns]
     frame.columns = columns
     missing = [name for name in REQUIRED_COLUMNS if name not in columns]
@@ -142,7 +143,8 @@ def parse_manifest(
 
 
 def check_local_files(manifest: Manifest, settings: Settings) -> Manifest:
-    """The manifest with every row whose local file is missing (or not allowed here) moved to `invalid`.
+    """The manifest with every row whose local file is missing, not allowed here, or (LoRA, pose video)
+    not usable by this model moved to `invalid`.
 
     A batch calls this right after parsing, so such a row fails in its first second instead of after
     the rows ahead of it have been generated. Remote files are checked when they are downloaded.
@@ -152,8 +154,9 @@ def check_local_files(manifest: Manifest, settings: Settings) -> Manifest:
         try:
             for name in (*REQUIRED_COLUMNS, *_URI_OPTIONS):
                 uri = getattr(row, name)
+                check_not_redacted(uri, name)
                 if uri and check_scheme(uri, name) in ("", "file"):
-                    local_file(uri, name, settings)
+                    check_local_option_file(uri, name, settings)
             rows.append(row)
         except InputError as exc:
             invalid.append(InvalidRow(row=row.row, clip_id=row.clip_id, error=exc.at_row(row.row), manifest=row.manifest))

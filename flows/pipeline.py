@@ -29,6 +29,7 @@ from flows.manifest import ClipRow, InvalidRow
 from s2v.errors import GenerationCancelled, S2VError
 from s2v.settings import Settings
 from s2v.storage.locations import output_location
+from s2v.row_checks import check_speech_time, row_error
 from s2v.storage.redaction import redact
 from tasks.download import DownloadedInputs, download_inputs
 from tasks.encode import encode_audio
@@ -152,6 +153,7 @@ def run_rows(
                 run.made_earlier, run.video = history.kept, Path(history.kept.kept_video)
                 uploads.append((run, _submit_upload(run, settings)))
                 continue
+            check_speech_time(run.row, run.inputs.audio_seconds, settings)  # before the encoder's time is spent
             encoded = result(encode_audio.submit(run.row.clip_id, run.inputs.audio_path, settings))
             run.seconds["encode_s"] = encoded["seconds"]
             run.warm_features = encoded["features"].warm_model
@@ -162,10 +164,10 @@ def run_rows(
             run.generation, run.seconds["generate_s"] = generated["result"], generated["seconds"]
             run.video, run.poster = Path(run.generation.video_path), run.generation.poster_path
         except GenerationCancelled as exc:
-            finish(run, "interrupted", f"{exc}; a rerun of the manifest resumes this row")
+            finish(run, "interrupted", f"{row_error(exc, run.row, _written(run, settings))}; a rerun of the manifest resumes this row")
             continue
         except Exception as exc:  # the row fails; the batch goes on
-            finish(run, "failed", _describe(exc, logger))
+            finish(run, "failed", _describe(exc, run, settings, logger))
             continue
         uploads.append((run, _submit_upload(run, settings)))
     collect_uploads(block=True)
@@ -190,8 +192,9 @@ def _end_upload(run: RowRun, future: PrefectFuture, finish, settings: Settings) 
         # The video is made: keep it, and name it in the record, so a retry uploads it instead of
         # spending GPU minutes on it again.
         run.kept_video = _keep(run.video, settings)
-        finish(run, "failed", f"upload failed; the video is kept on {settings.worker_name} at {run.kept_video} "
-                              f"and `s2v retry` uploads it: {_describe(exc, logging.getLogger(__name__))}")
+        # Where it is kept is the record's kept_video; the error stays in the manifest's words.
+        finish(run, "failed", f"row {run.row.row}: upload failed; the video is kept on {settings.worker_name} and "
+                              f"`s2v retry` uploads it: {_describe(exc, run, settings, logging.getLogger(__name__))}")
         return
     finish(run, "succeeded")
     # The stored copies are the ones kept.
@@ -266,9 +269,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _describe(exc: BaseException, logger: logging.Logger | logging.LoggerAdapter) -> str:
-    if isinstance(exc, S2VError):
-        return str(exc)
-    # Not the user's input: keep the traceback for the operator's log, give the ledger one line.
-    logger.error("internal error", exc_info=exc)
-    return f"internal error: {type(exc).__name__}: {exc}"
+def _describe(exc: BaseException, run: RowRun, settings: Settings, logger: logging.Logger | logging.LoggerAdapter) -> str:
+    if not isinstance(exc, S2VError):
+        # Not the user's input: keep the traceback for the operator's log, give the ledger one line.
+        logger.error("internal error", exc_info=exc)
+    return row_error(exc, run.row, _written(run, settings))
+
+
+def _written(run: RowRun, settings: Settings) -> dict[str, str]:
+    """{worker path: what the manifest wrote} for the row's input copies; the work and cache folders
+    themselves, named in other errors, become placeholders."""
+    paths = {}
+    if run.inputs is not None:
+        for field in ("image", "audio", "lora", "pose_video"):
+            copy = getattr(run.inputs, f"{field}_path")
+            if copy is not None:
+                paths[str(copy)] = redact(getattr(run.row, field))
+    paths.update({str(run.work): "<row work folder>", str(settings.cache_dir): "<cache folder>"})
+    return paths

@@ -11,10 +11,12 @@ from flows.kept_manifests import load_manifest
 from flows.logs import hide_input_error_tracebacks
 from flows.manifest import check_local_files, parse_manifest
 from s2v.errors import ManifestError
+from s2v.row_checks import FILE_FIELDS
 
 
 @flow(name="s2v-row", task_runner=RUNNER)
-def row(output: str, manifest: str, clip_id: str, row: int = 0, checkpoint: str = "", model_server: str = "") -> State:
+def row(output: str, manifest: str, clip_id: str, row: int = 0, checkpoint: str = "", model_server: str = "",
+        files: dict[str, str] | None = None) -> State:
     """Make the video of one row of a manifest kept under the output; its record joins the output's ledger.
 
     Args:
@@ -24,11 +26,15 @@ def row(output: str, manifest: str, clip_id: str, row: int = 0, checkpoint: str 
         row: the row's number in the manifest (shown in the run's name)
         checkpoint: Wan2.2-S2V checkpoint folder (empty: S2V_CHECKPOINT of the worker)
         model_server: Unix socket of the warm model server (empty: S2V_MODEL_SERVER of the worker)
+        files: the row's file URIs as its manifest gave them, credentials included (the kept copy has none)
     """
     hide_input_error_tracebacks()
     settings = flow_settings(output, checkpoint, model_server)
     kept = load_manifest(settings.output, manifest, settings)
-    parsed = check_local_files(parse_manifest(kept.text, kept.defaults, settings, manifest_id=manifest), settings)
+    parsed = parse_manifest(kept.text, kept.defaults, settings, manifest_id=manifest)
+    given = {name: uri for name, uri in (files or {}).items() if name in FILE_FIELDS}
+    parsed.rows = [r.model_copy(update=given) if r.clip_id == clip_id else r for r in parsed.rows]
+    parsed = check_local_files(parsed, settings)
     rows = [r for r in parsed.rows if r.clip_id == clip_id]
     invalid = [r for r in parsed.invalid if r.clip_id == clip_id]
     if not rows and not invalid:

@@ -4,7 +4,9 @@ Light: no torch. The names are the ones of the published checkpoint (Wan-AI/Wan2
 """
 from __future__ import annotations
 
+import functools
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,3 +83,27 @@ def check_checkpoint(root: Path | str) -> CheckpointFiles:
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"checkpoint {root}: {CONFIG} is not readable JSON ({exc})") from None
     return CheckpointFiles(root=root, config=config)
+
+
+def dit_parameter_shapes(settings) -> dict[str, tuple[int, ...]] | None:
+    """{DiT parameter: shape} from the checkpoint's shard headers (the DiT loads without a key converter,
+    so its names are the parameters'), or None when no checkpoint folder is here (a control host, a tiny
+    checkpoint not written yet). Reads a few kB per shard; no weights."""
+    checkpoint = settings.checkpoint_path()
+    # Where model_runtime.warm_cache writes the tiny checkpoint when none is named.
+    root = settings.cache_dir / "tiny-checkpoint" if checkpoint in (None, "tiny") else Path(checkpoint)
+    shards = [root / name for name in DIT_SHARDS]
+    if not all(shard.is_file() for shard in shards):
+        return None
+    return _shard_shapes(tuple(str(shard) for shard in shards), tuple(shard.stat().st_mtime_ns for shard in shards))
+
+
+@functools.lru_cache(maxsize=4)
+def _shard_shapes(shards: tuple[str, ...], _versions: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for shard in shards:
+        with open(shard, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        shapes.update({name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"})
+    return shapes

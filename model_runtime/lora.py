@@ -3,9 +3,8 @@
 Fusing (W += strength * scale * up @ down) costs nothing per step, unlike DiffSynth's hot-loading, which
 adds two matmuls to every linear layer and needs its VRAM-management wrappers. DiffSynth's own fuse
 cannot be undone, so the tensors a set changes are copied to the CPU first and copied back to switch:
-the base weights come back bit for bit. Key layouts are read with DiffSynth's GeneralLoRALoader naming
-(`diffusion_model.<layer>.lora_up/lora_down` with `alpha`, `<layer>.lora_A/lora_B`, PEFT's `.default.`);
-the full-tensor differences of LightX2V's Wan LoRAs (`.diff`, `.diff_b`, `.diff_m`) are added as they are.
+the base weights come back bit for bit. Which tensor goes where is model_runtime.lora_match's answer,
+the same one the checks before the model give.
 """
 from __future__ import annotations
 
@@ -18,14 +17,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from model_runtime.lora_match import check_lora_match, match_lora
 from model_runtime.option_files import check_lora_file
 from s2v.errors import InputError
 
 log = logging.getLogger(__name__)
-
-# Where a difference tensor lands: `<layer>.diff` on the weight, `.diff_b` on the bias, and
-# `blocks.N.diff_m` on the block's modulation table.
-_DIFF_TARGETS = {".diff": ".weight", ".diff_b": ".bias", ".diff_m": ".modulation"}
 
 
 @dataclass(frozen=True)
@@ -93,63 +89,34 @@ def _key(path: str, strength: float) -> LoraKey:
 def lora_deltas(dit: torch.nn.Module, path: str, strength: float) -> dict[str, Callable[[], torch.Tensor]]:
     """{DiT parameter name: a function making its float32 change} for the LoRA at `path`.
 
-    Names and shapes are checked for every tensor first (InputError if the LoRA does not fit this DiT);
-    the changes are made one at a time when applied: all at once they would take 55 GB for the 14B DiT.
+    Names and shapes are checked for every tensor first (model_runtime.lora_match: InputError if the
+    LoRA does not fit this DiT); the changes are made one at a time when applied: all at once they
+    would take 55 GB for the 14B DiT.
     """
-    from diffsynth.utils.lora import GeneralLoRALoader
     from safetensors.torch import load_file
 
     check_lora_file(path)
     state = load_file(path, device="cpu")
     params = dict(dit.named_parameters())
     device = next(iter(params.values())).device
+    match = match_lora({key: tuple(tensor.shape) for key, tensor in state.items()},
+                       {name: tuple(param.shape) for name, param in params.items()})
+    check_lora_match(match, "lora", path)
     parts: dict[str, list[Callable[[], torch.Tensor]]] = {}
-    unmatched: list[str] = []
-    misfits: list[str] = []
 
-    def add(target: str, numel: int, shape: tuple, make: Callable[[], torch.Tensor], source: str) -> None:
-        param = params.get(target)
-        if param is None:
-            unmatched.append(source)
-        elif numel != param.numel():
-            misfits.append(f"{source}: LoRA {shape} vs model {tuple(param.shape)}")
-        else:
-            parts.setdefault(target, []).append(lambda: make().reshape(param.shape))
+    def add(target: str, make: Callable[[], torch.Tensor]) -> None:
+        shape = params[target].shape
+        parts.setdefault(target, []).append(lambda: make().reshape(shape))
 
-    for layer, (up_key, down_key, alpha_key) in GeneralLoRALoader().get_name_dict(state).items():
-        if down_key not in state:
-            unmatched.append(up_key)
-            continue
-        up, down = state[up_key].flatten(1), state[down_key].flatten(1)  # conv 1x1 kernels as matrices
-        scale = strength * (float(state[alpha_key]) / down.shape[0] if alpha_key else 1.0)
-
-        def pair(up=up, down=down, scale=scale) -> torch.Tensor:
-            return scale * (up.to(device, torch.float32) @ down.to(device, torch.float32))
-
-        shape = (up.shape[0], down.shape[1])
-        add(f"{layer}.weight", shape[0] * shape[1], shape, pair, up_key)
-
-    for key, tensor in state.items():
-        for suffix, target_suffix in _DIFF_TARGETS.items():
-            if key.endswith(suffix):
-                target = key.removeprefix("diffusion_model.")[: -len(suffix)] + target_suffix
-                add(target, tensor.numel(), tuple(tensor.shape),
-                    lambda tensor=tensor: strength * tensor.to(device, torch.float32), key)
-                break
-
-    if misfits:
-        raise InputError(
-            "lora", path, f"{len(misfits)} of its tensors have other shapes than this Wan2.2-S2V DiT's "
-            f"(a LoRA for another model size?), e.g. {misfits[0]}",
-        )
-    if not parts:
-        raise InputError(
-            "lora", path, f"none of its {len(unmatched)} LoRA tensors matches a layer of the Wan2.2-S2V DiT "
-            f"(a LoRA for another model?), e.g. {unmatched[0] if unmatched else 'no lora_up/lora_A keys'}",
-        )
-    if unmatched:
+    for pair in match.pairs:
+        up, down = state[pair.up].flatten(1), state[pair.down].flatten(1)  # conv 1x1 kernels as matrices
+        scale = strength * (float(state[pair.alpha]) / down.shape[0] if pair.alpha else 1.0)
+        add(pair.target, lambda up=up, down=down, scale=scale: scale * (up.to(device, torch.float32) @ down.to(device, torch.float32)))
+    for target, key in match.diffs:
+        add(target, lambda tensor=state[key]: strength * tensor.to(device, torch.float32))
+    if match.unmatched:
         log.warning("LoRA %s: %d of its tensors match no DiT layer and are left out, e.g. %s",
-                    path, len(unmatched), unmatched[0])
+                    path, len(match.unmatched), match.unmatched[0])
     return {target: functools.partial(_sum, makers) for target, makers in parts.items()}
 
 

@@ -37,10 +37,8 @@ def check_lora_file(path: str, field: str = "lora") -> list[str]:
     if not any(mark in name for name in names for mark in LORA_KEY_MARKS) and not any(
         name.endswith(LORA_DIFF_SUFFIXES) for name in names
     ):
-        shown = ", ".join(names[:3]) or "none"
-        raise InputError(
-            field, path, f"holds no LoRA tensors (lora_up/lora_down or lora_A/lora_B keys); its first keys: {shown}"
-        )
+        # Counts only: a reply never quotes a file's content.
+        raise InputError(field, path, f"holds no LoRA tensors (lora_up/lora_down or lora_A/lora_B keys) among its {len(names)}")
     return names
 
 

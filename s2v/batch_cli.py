@@ -30,6 +30,9 @@ def run_batch(manifest: str | None, settings: Settings, lookahead: int, verbose:
     if settings.checkpoint is None:
         console.print("[yellow]No S2V_CHECKPOINT: using the tiny random-weight test checkpoint; its videos are "
                       "coloured noise (records say tiny_checkpoint: true).[/yellow]")
+    from s2v.storage.reachability import check_output_reachable
+
+    check_output_reachable(settings)  # one line naming the output, not a traceback from inside the flow
     if manifest is not None:
         total = _check_manifest(manifest, settings)
     else:
@@ -120,6 +123,8 @@ def _run_flow(manifest: str | None, settings: Settings, lookahead: int, total: i
     summary = outcome["summary"]
     if isinstance(summary, BatchFailed):
         summary = summary.summary
+    elif isinstance(summary, BaseException):  # the flow itself failed (storage lost mid-start, ...)
+        raise summary if isinstance(summary, S2VError) else S2VError(f"the batch stopped: {summary}")
     print_summary(console, summary)
     if stopping.reason:
         console.print(f"[yellow]{stopping.reason}: rows not finished are recorded as interrupted or were not "
@@ -166,17 +171,18 @@ class _StopOnSignal:
 
 
 def print_summary(console, summary: dict) -> None:
-    from rich.table import Table
+    from rich.markup import escape
+
+    from s2v.tables import print_table
 
     failed = summary["failed"] + summary.get("interrupted", 0)
-    table = Table(title=f"{summary['succeeded']} succeeded, {failed} failed, {summary['skipped']} skipped")
-    for column in ("row", "clip", "status", "seconds", "url or error"):
-        table.add_column(column)
-    for record in summary["records"]:
+    lines = []
+    for record in sorted(summary["records"], key=lambda record: record.get("row") or 0):  # manifest order
         detail = record["url"] if record["status"] in ("succeeded", "skipped") else record["error"]
-        table.add_row(str(record["row"]), record["clip_id"], record["status"],
-                      f"{record['total_time']:.1f}" if record.get("total_time") else "", detail or "")
-    console.print(table)
+        lines.append((str(record["row"]), record["clip_id"], record["status"],
+                      f"{record['total_time']:.1f}" if record.get("total_time") else "", escape(detail or "")))
+    print_table(console, f"{summary['succeeded']} succeeded, {failed} failed, {summary['skipped']} skipped",
+                ("row", "clip", "status", "seconds", "url or error"), lines)
     console.print(f"output: {summary['output']} (ledger: results.jsonl, results.csv; estimated GPU cost "
                   f"${summary['estimated_cost_usd']:.4f})")
     if summary.get("tiny_checkpoint"):

@@ -62,6 +62,10 @@ class TransientError(S2VError):
     """A network or service failure worth retrying (connection, timeout, 5xx, throttling)."""
 
 
+class StorageUnreachable(S2VError):
+    """The output, inbox or a kept manifest could not be reached at a batch's start, after retries."""
+
+
 class ModelServerError(S2VError):
     """The model server could not be reached, started, or answered with an error."""
 

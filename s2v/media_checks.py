@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 
 from s2v.errors import InputError
+from s2v.settings import Settings
 from s2v.storage.fetch import FetchedInput
 
 MIN_AUDIO_SECONDS = 0.1
@@ -30,10 +31,11 @@ def check_image(fetched: FetchedInput) -> tuple[int, int]:
             return ImageOps.exif_transpose(image).size
     except Image.DecompressionBombError as exc:
         raise InputError(fetched.field, fetched.source, f"too many pixels to decode safely ({exc})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        detail = _without_path(str(exc), fetched.path)
-        reason = f"not a decodable image ({type(exc).__name__}{': ' + detail if detail else ''})"
-        raise InputError(fetched.field, fetched.source, reason) from None
+    except UnidentifiedImageError:
+        raise InputError(fetched.field, fetched.source, "not a decodable image (not a format Pillow reads)") from None
+    except (OSError, ValueError) as exc:
+        detail = _without_path(str(exc), fetched.path) or "the file is cut short or damaged"
+        raise InputError(fetched.field, fetched.source, f"not a decodable image ({detail})") from None
 
 
 def check_audio(fetched: FetchedInput, max_seconds: float) -> tuple[float, int]:
@@ -72,8 +74,10 @@ def _decode_with_librosa(fetched: FetchedInput) -> tuple[float, int]:
             # librosa warns before falling back from soundfile to audioread; the outcome is what counts.
             warnings.simplefilter("ignore")
             samples, sample_rate = librosa.load(str(fetched.path), sr=None, mono=True)
-    except Exception as exc:  # soundfile, audioread and numpy errors all mean "cannot decode"
-        raise InputError(fetched.field, fetched.source, f"not decodable audio ({type(exc).__name__})") from None
+    except Exception:  # soundfile, audioread and numpy errors all mean "cannot decode"
+        # Their class names (EOFError, NoBackendError) tell a user nothing; what the file is does.
+        reason = "the file is empty" if fetched.path.stat().st_size == 0 else "not a speech format ffmpeg or libsndfile reads"
+        raise InputError(fetched.field, fetched.source, f"not decodable audio ({reason})") from None
     return len(samples) / sample_rate, int(sample_rate)
 
 
@@ -103,8 +107,24 @@ def check_pose_video(fetched: FetchedInput) -> tuple[int, int, float]:
 
 
 def check_safetensors(fetched: FetchedInput) -> int:
-    """The number of tensors in a safetensors file (8-byte little-endian header length, then a JSON
-    header of tensor entries whose data lies inside the file), or InputError naming the source."""
+    """The number of tensors in a safetensors file, or InputError naming the source."""
+    return len(safetensors_header(fetched))
+
+
+def check_lora(fetched: FetchedInput, settings: Settings) -> int:
+    """The number of DiT parameters a LoRA file changes, from its header alone (no model, no torch),
+    or InputError: not safetensors, no LoRA keys, not for this model's DiT (names and shapes, rank),
+    not floating point. The DiT's shapes come from the checkpoint's shard headers when it is here."""
+    from model_runtime.layout import dit_parameter_shapes
+    from model_runtime.lora_match import check_lora_header
+
+    header = safetensors_header(fetched)
+    return len(check_lora_header(header, dit_parameter_shapes(settings), fetched.field, fetched.source).targets)
+
+
+def safetensors_header(fetched: FetchedInput) -> dict[str, dict]:
+    """The tensor entries of a safetensors file's header (8-byte little-endian header length, then a
+    JSON header of tensor entries whose data lies inside the file), or InputError naming the source."""
 
     def refuse(why: str) -> InputError:
         return InputError(fetched.field, fetched.source, f"not a safetensors file ({why})")
@@ -133,7 +153,7 @@ def check_safetensors(fetched: FetchedInput) -> int:
             raise refuse(f"tensor entry {name[:80]!r} is malformed or points outside the file")
     if not tensors:
         raise refuse("it holds no tensors")
-    return len(tensors)
+    return tensors
 
 
 def _without_path(text: str, path: Path) -> str:

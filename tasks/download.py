@@ -24,7 +24,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from s2v.errors import S2VError, TransientError
-from s2v.media_checks import check_audio, check_image, check_pose_video, check_safetensors
+from s2v.media_checks import check_audio, check_image, check_lora, check_pose_video
 from s2v.settings import Settings, get_settings
 from s2v.storage.fetch import FetchedInput, fetch_input, local_file
 from s2v.storage.locations import uri_scheme
@@ -225,7 +225,7 @@ def _fetch_lora(uri: str, settings: Settings, deadline: float) -> FetchedInput:
             return cached
         fetched = fetch_input(uri, settings.cache_dir / LORA_CACHE, "lora", settings, deadline=deadline)
         try:
-            check_safetensors(fetched)
+            check_lora(fetched, settings)  # the header against this model's DiT, before any model loads
         except BaseException:
             fetched.path.unlink(missing_ok=True)
             raise

@@ -5,10 +5,13 @@ Input:  {"image_url", "audio_url", "prompt"?, "resolution"? (480p|720p), "sample
 Output: {"video_url", "generation_time", "total_time", "video_size_mb", "resolution", "sample_steps",
          "warm_model"}; a bad input returns {"error": "<field>=<value>: <reason>"}.
 
-Inputs are URLs (http(s)://, s3://). Local paths and file:// are refused before the filesystem is
-touched, unless the operator names the folders they may come from in S2V_INPUT_ROOTS (S2V_LOCAL_INPUTS
-does not apply here: a caller must not read the worker's files). Input copies live in a temporary
-folder removed when the job ends; replies name inputs by their source, never by those copies.
+Every field that names a file (image_url, audio_url, and the options lora and pose_video) is a URL
+(http(s)://, s3://) fetched and checked here, before the model server sees the job. Local paths and
+file:// are refused before the filesystem is touched, unless the operator names the folders they may
+come from in S2V_INPUT_ROOTS (S2V_LOCAL_INPUTS does not apply here: a caller must not read the worker's
+files); outside them, an existing and a missing path get the same reply, and no reply quotes a file's
+content. Input copies live in a temporary folder removed when the job ends; replies name inputs by
+their source, never by those copies.
 The worker refuses to start without S2V_CHECKPOINT (S2V_CHECKPOINT=tiny: the tiny test checkpoint).
 
 HANDLER_VERSION=v2 (default) runs the pipeline's own stages in this process against the warm model
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("s2v.runpod")
 URL_FIELDS = ("image_url", "audio_url")
+FILE_FIELDS = (*URL_FIELDS, "lora", "pose_video")  # each one fetched by _fetch, never passed on as given
 
 
 def handler(job: dict) -> dict:
@@ -73,8 +77,12 @@ def _handle(job_input: object, started: float) -> dict:
         inputs: tuple[FetchedInput, ...] = ()
         try:
             inputs = _fetch(job_input, work, settings)
-            image, audio = (fetched.path for fetched in inputs)
-            request = request.model_copy(update={"image_path": image, "audio_path": audio})
+            image, audio, *option_files = inputs
+            request = request.model_copy(update={
+                "image_path": image.path, "audio_path": audio.path,
+                # The model server reads only the checked copies, never a path the caller named.
+                **{fetched.field: str(fetched.path) for fetched in option_files},
+            })
             video = work / "video.mp4"
             if os.environ.get("HANDLER_VERSION", "v2") == "v1":
                 result = _generate_cold(request, video)
@@ -95,16 +103,19 @@ def _handle(job_input: object, started: float) -> dict:
     }
 
 
-def _fetch(job_input: dict, work: Path, settings: Settings) -> tuple[FetchedInput, FetchedInput]:
-    """The download stage's steps (tasks/download.py) without its Prefect task wrapper."""
-    from s2v.media_checks import check_audio, check_image
+def _fetch(job_input: dict, work: Path, settings: Settings) -> tuple[FetchedInput, ...]:
+    """The download stage's steps (tasks/download.py) without its Prefect task wrapper: every field
+    that names a file, fetched under the one input policy and checked (a LoRA by its header against
+    this model's DiT), before the model server sees the job."""
+    from s2v.row_checks import check_fetched
     from s2v.storage.fetch import fetch_input
 
-    image = fetch_input(job_input["image_url"], work / "inputs", "image_url", settings)
-    check_image(image)
-    audio = fetch_input(job_input["audio_url"], work / "inputs", "audio_url", settings)
-    check_audio(audio, settings.max_audio_seconds)
-    return image, audio
+    fetched = []
+    for field in FILE_FIELDS:
+        if job_input.get(field):
+            fetched.append(fetch_input(str(job_input[field]), work / "inputs", field, settings))
+            check_fetched(fetched[-1], settings)
+    return tuple(fetched)
 
 
 def _without_work_paths(message: str, work: Path, inputs: tuple[FetchedInput, ...]) -> str:

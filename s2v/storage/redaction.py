@@ -19,6 +19,7 @@ _SIGNING_PARAM = re.compile(
     re.IGNORECASE,
 )
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_URL_IN_CSV = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s,'\"<>]+")
 
 
 def redact(uri: str) -> str:
@@ -63,6 +64,30 @@ def stable_uri(uri: str) -> str:
         piece for piece in parts.query.split("&") if piece and not _SIGNING_PARAM.match(piece.partition("=")[0])
     )
     return urlunsplit((parts.scheme.lower(), netloc.lower(), parts.path, query, ""))
+
+
+def without_credentials(uri: str) -> str:
+    """`uri` with its userinfo as `***` and the values of signing parameters `REDACTED`; every other
+    part stays, so the link still says which file it was. A URI whose secret is gone cannot be fetched."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable URI>"
+    if scheme_of(parts.scheme) == "":
+        return uri
+    netloc = "***@" + parts.netloc.rpartition("@")[2] if "@" in parts.netloc else parts.netloc
+    query = "&".join(
+        f"{piece.partition('=')[0]}=REDACTED" if _SIGNING_PARAM.match(piece.partition("=")[0]) else piece
+        for piece in parts.query.split("&")
+        if piece
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def text_without_credentials(text: str) -> str:
+    """`text` (a manifest's CSV) with every URL in it through `without_credentials`. A URL ends at a
+    comma here, as a CSV cell does."""
+    return _URL_IN_CSV.sub(lambda match: without_credentials(match.group(0)), text)
 
 
 class _RedactUrls(logging.Filter):

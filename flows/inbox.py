@@ -12,13 +12,14 @@ from datetime import datetime, timezone
 from s2v.settings import Settings
 from s2v.storage.locations import is_s3
 from s2v.storage.outputs import filesystem
+from s2v.storage.transient import transient_as
 
 PROCESSING, DONE, FAILED = "processing", "done", "failed"
 
 
 class Inbox:
     def __init__(self, location: str, settings: Settings):
-        self.s3 = is_s3(location)
+        self.s3, self.location = is_s3(location), location
         self.fs, root = filesystem(location, settings)
         self.root = root.rstrip("/")
 
@@ -26,11 +27,17 @@ class Inbox:
         return f"s3://{path}" if self.s3 else path
 
     def waiting(self) -> list[str]:
-        """Claimed-but-unfinished manifests first (an interrupted night), then new ones, by name."""
+        """Claimed-but-unfinished manifests first (an interrupted night), then new ones, by name.
+
+        TransientError when the inbox cannot be listed now: s3fs's isdir() says "no" when the endpoint
+        is down, which would read as an empty inbox."""
         found = []
-        for folder in (posixpath.join(self.root, PROCESSING), self.root):
-            if self.fs.isdir(folder):
-                found += sorted(p for p in self.fs.ls(folder, detail=False) if p.lower().endswith(".csv"))
+        with transient_as(f"listing {self.location}"):
+            for folder in (posixpath.join(self.root, PROCESSING), self.root):
+                try:
+                    found += sorted(p for p in self.fs.ls(folder, detail=False) if p.lower().endswith(".csv"))
+                except FileNotFoundError:
+                    continue
         return found
 
     def claim(self, path: str) -> str:

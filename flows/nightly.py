@@ -18,8 +18,9 @@ from flows.inbox import Inbox
 from flows.logs import hide_input_error_tracebacks
 from flows.scale_out import run_on_fleet
 from model_runtime.request import GenerationOptions
-from s2v.errors import BatchFailed, S2VError
+from s2v.errors import BatchFailed, S2VError, TransientError
 from s2v.storage.locations import output_location
+from s2v.storage.reachability import check_output_reachable, with_start_retries
 from tasks.manifest import read_inbox_manifest
 
 
@@ -50,8 +51,12 @@ def nightly(
     logger = get_run_logger()
     settings = flow_settings(output, makes_videos=False)
     box = Inbox(inbox, settings)
+    # Storage that is down now is tried again, then the night stops in one line with every manifest
+    # left in the inbox: an outage must not send tonight's manifests to failed/.
+    waiting = with_start_retries("the inbox", inbox, box.waiting)
+    check_output_reachable(settings)
     results = []
-    for path in box.waiting():
+    for path in waiting:
         claimed = box.claim(path)
         stem = posixpath.splitext(posixpath.basename(claimed))[0]
         target = output_location(settings.output, stem)
@@ -63,6 +68,10 @@ def nightly(
             summary = state.result(raise_on_failure=False)
             if isinstance(summary, BatchFailed):
                 summary = summary.summary
+        except TransientError as exc:  # storage went away mid-night: this manifest waits in processing/
+            logger.error("manifest %s stays in the inbox for the next night: %s", posixpath.basename(claimed), exc)
+            results.append({"manifest": stem, "output": target, "error": str(exc)})
+            break
         except S2VError as exc:  # this manifest is unusable; the others still run tonight
             logger.error("manifest %s failed: %s", posixpath.basename(claimed), exc)
             box.finish(claimed, ok=False)

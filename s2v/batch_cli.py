@@ -68,6 +68,10 @@ def _prepare_prefect(settings: Settings, verbose: bool, console) -> None:
     # Rows and the summary are shown by the progress bar and table; Prefect's own INFO lines would
     # interleave with them. --verbose brings them back.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    if not verbose:
+        # The terminal shows the product's own lines (bar, summary, one error line); Prefect's warnings
+        # and errors still reach its API and UI, and the terminal with -v.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     if not os.environ.get("PREFECT_API_URL"):
         from s2v.local_api import ensure_local_api
 

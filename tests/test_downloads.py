@@ -96,8 +96,9 @@ def test_a_retry_does_not_fetch_again_what_an_earlier_try_fetched(tmp_path, http
 def safetensors_bytes() -> bytes:
     from safetensors.numpy import save
 
-    return save({"blocks.0.lora_up.weight": np.zeros((8, 2), dtype=np.float32),
-                 "blocks.0.lora_down.weight": np.ones((2, 8), dtype=np.float32)})
+    # A Wan DiT layer's name: with no checkpoint here, the header check matches names, not shapes.
+    return save({"blocks.0.self_attn.q.lora_up.weight": np.zeros((8, 2), dtype=np.float32),
+                 "blocks.0.self_attn.q.lora_down.weight": np.ones((2, 8), dtype=np.float32)})
 
 
 def test_rows_sharing_a_lora_download_it_once(tmp_path, http_server):

@@ -235,3 +235,23 @@ def test_batch_refuses_bad_files_and_long_speech_before_the_model_in_the_manifes
     assert records["empty-wav"].error == f"row 3: audio='{empty}': not decodable audio (the file is empty)"
     assert records["noise-wav"].error.startswith(f"row 4: audio='{noise}': not decodable audio (")
     assert records["too-long"].error.startswith(f"row 5: audio='{NEWS}': speech of 7.6 s needs")
+
+
+@pytest.mark.slow
+def test_nightly_with_its_output_down_leaves_every_manifest_in_the_inbox(prefect_harness, s2v_env, tmp_path, monkeypatch):
+    from flows.nightly import nightly
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in {"S2V_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "monday.csv").write_text(f"clip_id,image,audio\nmon,{PORTRAIT},{SPEECH}\n")
+    state = nightly(inbox=str(inbox), output="s3://videos/nightly", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"^cannot reach the output s3://videos/nightly after 3 tries: Could not connect"):
+        state.result()
+    assert [path.name for path in inbox.iterdir()] == ["monday.csv"]  # not claimed, not failed/

@@ -152,6 +152,8 @@ def test_failed_row_exits_nonzero_then_retry_fixes_it(cli_env, tmp_path):
     assert run.returncode == 1
     assert "not a decodable image" in run.stderr and "Traceback" not in run.stderr + run.stdout
     assert "1 succeeded, 1 failed" in run.stderr
+    assert "| WARNING" not in run.stderr and "| ERROR" not in run.stderr  # Prefect's lines only with -v
+    assert run.stderr.index("\n2\tgood\tsucceeded\t") < run.stderr.index("\n3\tbroken\tfailed\t")  # plain, manifest order
     assert {r["clip_id"]: r for r in _records(out)}["good"]["warm_model"] is False  # loaded for this row
 
     shutil.copy(PORTRAIT, broken)

@@ -255,3 +255,33 @@ def test_nightly_with_its_output_down_leaves_every_manifest_in_the_inbox(prefect
     with pytest.raises(Exception, match=r"^cannot reach the output s3://videos/nightly after 3 tries: Could not connect"):
         state.result()
     assert [path.name for path in inbox.iterdir()] == ["monday.csv"]  # not claimed, not failed/
+
+
+# 7. Kept manifests hold no credentials ------------------------------------------------------------
+
+@pytest.mark.slow
+def test_kept_manifests_hold_no_credentials_and_a_retry_says_what_it_needs(prefect_harness, s2v_env, tmp_path):
+    from flows.batch import batch, retry_failed
+    from flows.ledger import load_ledger
+    from flows.row import row
+
+    # Loopback is refused (not in S2V_ALLOWED_HOSTS): the rows fail at once, without the network.
+    signed = "https://ann:hunter2@127.0.0.1:9/a.jpg?X-Amz-Signature=s3cr3t&X-Amz-Expires=60&variant=7"
+    manifest = f"clip_id,image,audio\nsigned,{signed},{SPEECH}\n"
+    out = tmp_path / "out"
+    batch(manifest=manifest, output=str(out), return_state=True)
+    kept = next((out / "manifests").glob("*.csv"))
+    text = kept.read_text()
+    assert "hunter2" not in text and "s3cr3t" not in text
+    assert "https://***@127.0.0.1:9/a.jpg?X-Amz-Signature=REDACTED&X-Amz-Expires=REDACTED&variant=7" in text
+
+    retry_failed(output=str(out), return_state=True)
+    latest = load_ledger(str(out), Settings(cache_dir=tmp_path / "cache")).latest()["signed"]
+    assert latest.error.startswith("row 2: image='https://***@127.0.0.1:9/a.jpg?X-Amz-Signature=REDACTED")
+    assert "credentials were not kept" in latest.error and "s2v run" in latest.error
+
+    # A row run of the fleet gets the row's URLs from its parent: it fetches them, not the kept copy.
+    row(output=str(out), manifest=kept.stem, clip_id="signed", files={"image": signed}, return_state=True)
+    latest = load_ledger(str(out), Settings(cache_dir=tmp_path / "cache")).latest()["signed"]
+    assert "loopback" in latest.error and "credentials were not kept" not in latest.error
+    assert "hunter2" not in latest.error and "s3cr3t" not in latest.error

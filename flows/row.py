@@ -16,7 +16,7 @@ from s2v.row_checks import FILE_FIELDS
 
 @flow(name="s2v-row", task_runner=RUNNER)
 def row(output: str, manifest: str, clip_id: str, row: int = 0, checkpoint: str = "", model_server: str = "",
-        files: dict[str, str] | None = None) -> State:
+        files: dict[str, str] = {}) -> State:  # noqa: B006 (Prefect copies parameters; never mutated here)
     """Make the video of one row of a manifest kept under the output; its record joins the output's ledger.
 
     Args:
@@ -32,7 +32,7 @@ def row(output: str, manifest: str, clip_id: str, row: int = 0, checkpoint: str 
     settings = flow_settings(output, checkpoint, model_server)
     kept = load_manifest(settings.output, manifest, settings)
     parsed = parse_manifest(kept.text, kept.defaults, settings, manifest_id=manifest)
-    given = {name: uri for name, uri in (files or {}).items() if name in FILE_FIELDS}
+    given = {name: uri for name, uri in files.items() if name in FILE_FIELDS}
     parsed.rows = [r.model_copy(update=given) if r.clip_id == clip_id else r for r in parsed.rows]
     parsed = check_local_files(parsed, settings)
     rows = [r for r in parsed.rows if r.clip_id == clip_id]

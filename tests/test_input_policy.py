@@ -207,7 +207,7 @@ def test_a_manifest_file_is_read_as_its_content_never_as_a_location(tmp_path, co
 
 @pytest.mark.slow
 def test_batch_refuses_bad_files_and_long_speech_before_the_model_in_the_manifests_words(
-    prefect_harness, s2v_env, tmp_path, monkeypatch, tiny_checkpoint,
+    prefect_harness, s2v_env, tmp_path, monkeypatch, tiny_checkpoint, http_server,
 ):
     from flows.batch import batch
     from flows.ledger import load_ledger
@@ -220,7 +220,11 @@ def test_batch_refuses_bad_files_and_long_speech_before_the_model_in_the_manifes
     estimate.record(settings, checkpoint=tiny_checkpoint, device="cpu", frames_per_segment=16, resolution="480p",
                     generation_seconds=2.0, segments=1, sample_steps=20, guidance_scale=4.5, warm=True)
     monkeypatch.setenv("S2V_GENERATION_TIMEOUT_S", str(estimate.estimate_seconds(settings, 7.6, _options()) / 2))
-    rows = {"not-a-lora": (SPEECH, plain), "empty-wav": (empty, ""), "noise-wav": (noise, ""), "too-long": (NEWS, "")}
+    http_server.files["plain.safetensors"] = plain.read_bytes()
+    monkeypatch.setenv("S2V_ALLOWED_HOSTS", "127.0.0.1")
+    remote = http_server.url("/files/plain.safetensors?X-Amz-Signature=s3cr3t")
+    rows = {"not-a-lora": (SPEECH, plain), "empty-wav": (empty, ""), "noise-wav": (noise, ""), "too-long": (NEWS, ""),
+            "remote-not-a-lora": (SPEECH, remote)}
     manifest = "clip_id,image,audio,lora\n" + "".join(f"{name},{PORTRAIT},{audio},{lora}\n" for name, (audio, lora) in rows.items())
     batch(manifest=manifest, output=str(tmp_path / "out"), return_state=True)
     records = {record.clip_id: record for record in load_ledger(str(tmp_path / "out"), settings).latest().values()}
@@ -235,6 +239,9 @@ def test_batch_refuses_bad_files_and_long_speech_before_the_model_in_the_manifes
     assert records["empty-wav"].error == f"row 3: audio='{empty}': not decodable audio (the file is empty)"
     assert records["noise-wav"].error.startswith(f"row 4: audio='{noise}': not decodable audio (")
     assert records["too-long"].error.startswith(f"row 5: audio='{NEWS}': speech of 7.6 s needs")
+    # Checked in the download stage, from the LoRA cache, and named by its URL without the signature.
+    assert records["remote-not-a-lora"].error.startswith("row 6: lora='http://127.0.0.1:")
+    assert "X-Amz-Signature=REDACTED'" in records["remote-not-a-lora"].error and "holds no LoRA tensors" in records["remote-not-a-lora"].error
 
 
 @pytest.mark.slow

@@ -20,6 +20,11 @@ def print_table(console, title: str, columns: Sequence[str], rows: Sequence[Sequ
         console.print(table)
         return
     # Tab-separated, markup dropped and never wrapped or cut at the console's width.
-    lines = [title, "\t".join(columns), *("\t".join(Text.from_markup(cell).plain for cell in row) for row in rows)]
+    lines = [title, "\t".join(columns), *("\t".join(_one_line(Text.from_markup(cell).plain) for cell in row) for row in rows)]
     # Written to the console's file itself: rich would expand the tabs into spaces.
     console.file.write("".join(f"{line}\n" for line in lines))
+
+
+def _one_line(cell: str) -> str:
+    # A value's own line breaks or tabs would split its row or shift its columns.
+    return " ".join(cell.replace("\t", " ").splitlines())

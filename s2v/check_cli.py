@@ -47,13 +47,12 @@ def check_manifest(manifest: str, settings: Settings, console) -> int:
 
 
 def _check_row(row, work: Path, settings: Settings) -> dict:
-    from s2v.row_checks import FILE_FIELDS, check_fetched, check_speech_time
-    from s2v.storage.fetch import fetch_input
+    from s2v.row_checks import FILE_FIELDS, check_file, check_speech_time
 
     facts: dict = {}
     for field in FILE_FIELDS:  # the LoRA by its header and the pose video by its frames, as the batch will
         if getattr(row, field):
-            facts.update(check_fetched(fetch_input(getattr(row, field), work, field, settings), settings))
+            facts.update(check_file(getattr(row, field), field, work, settings))
     seconds = facts["seconds"]
     segments = math.ceil((round(seconds * 16) + 3) / 80)
     if row.max_segments:

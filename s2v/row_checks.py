@@ -7,9 +7,12 @@ row number: `row N: field='value': reason`.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from s2v.errors import InputError, S2VError
 from s2v.settings import Settings
-from s2v.storage.fetch import FetchedInput, local_file
+from s2v.storage.fetch import FetchedInput, fetch_input, local_file
+from s2v.storage.locations import uri_scheme
 from s2v.storage.redaction import redact
 
 # The fields a row names files in, in the order they are fetched; each goes through the one input
@@ -51,13 +54,22 @@ def redacted_marks(uri: str) -> bool:
     return "://***@" in uri or "=REDACTED" in uri
 
 
-def check_local_option_file(uri: str, field: str, settings: Settings) -> None:
+def check_local_option_file(uri: str, field: str, settings: Settings) -> dict:
     """A local file the row names, allowed and checked in place (LoRA header, pose video decode) without
-    a copy; image and audio are only looked for here, they are decoded by the download stage."""
+    a copy of a LoRA's gigabytes; image and audio are only looked for here, the download stage decodes them."""
     path = local_file(uri, field, settings)
-    if field in ("lora", "pose_video"):
-        check_fetched(FetchedInput(field=field, source=redact(uri), path=path, sha256="", size_bytes=0, seconds=0.0),
-                      settings)
+    if field not in ("lora", "pose_video"):
+        return {}
+    return check_fetched(FetchedInput(field=field, source=redact(uri), path=path, sha256="", size_bytes=0, seconds=0.0),
+                         settings)
+
+
+def check_file(uri: str, field: str, work: Path, settings: Settings) -> dict:
+    """What `check_fetched` says of the file at `uri`: a local LoRA or pose video in place, anything
+    else fetched into `work` as the download stage fetches it."""
+    if field in ("lora", "pose_video") and uri_scheme(uri) in ("", "file"):
+        return check_local_option_file(uri, field, settings)
+    return check_fetched(fetch_input(uri, work, field, settings), settings)
 
 
 def check_speech_time(row, speech_seconds: float, settings: Settings) -> float | None:

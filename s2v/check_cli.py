@@ -23,7 +23,7 @@ def check_manifest(manifest: str, settings: Settings, console) -> int:
 
     parsed = parse_manifest(manifest_text(manifest, settings), None, settings)
     table = Table(title=f"{manifest}: {len(parsed.rows) + len(parsed.invalid)} row(s)")
-    for column in ("row", "clip", "check", "speech", "segments", "estimated", "problem"):
+    for column in ("row", "clip", "check", "face", "speech", "segments", "estimated", "problem"):
         table.add_column(column)
     results = [(bad.row, bad.clip_id, None, str(bad.error)) for bad in parsed.invalid]
     with tempfile.TemporaryDirectory(prefix="s2v-check-") as work:
@@ -34,9 +34,9 @@ def check_manifest(manifest: str, settings: Settings, console) -> int:
                 results.append((row.row, row.clip_id, None, str(exc)))
     for number, clip_id, facts, problem in sorted(results, key=lambda result: result[0]):
         if problem:
-            table.add_row(str(number), clip_id, "[red]bad[/red]", "", "", "", problem)
+            table.add_row(str(number), clip_id, "[red]bad[/red]", "", "", "", "", problem)
         else:
-            table.add_row(str(number), clip_id, "[green]ok[/green]", f"{facts['seconds']:.1f} s", str(facts["segments"]),
+            table.add_row(str(number), clip_id, "[green]ok[/green]", facts["face"], f"{facts['seconds']:.1f} s", str(facts["segments"]),
                           facts["estimate"], "")
     console.print(table)
     bad = sum(1 for result in results if result[3])
@@ -47,11 +47,13 @@ def check_manifest(manifest: str, settings: Settings, console) -> int:
 def _check_row(row, work: Path, settings: Settings) -> dict:
     from model_runtime.estimate import estimate_seconds
     from s2v.media_checks import check_audio, check_image
+    from s2v.quality.portrait import preflight_portrait
     from s2v.storage.fetch import fetch_input
 
     image = fetch_input(row.image, work, "image", settings)
     audio = fetch_input(row.audio, work, "audio", settings)
     check_image(image)
+    portrait = preflight_portrait(image, settings)  # S2V_FACE_CHECK=refuse makes a bad face a bad row
     seconds, _ = check_audio(audio, settings.max_audio_seconds)
     segments = math.ceil((round(seconds * 16) + 3) / 80)
     if row.max_segments:
@@ -61,4 +63,7 @@ def _check_row(row, work: Path, settings: Settings) -> dict:
     if estimate is not None and estimate > settings.generation_timeout_s:
         raise S2VError(f"audio: {seconds:.1f} s of speech needs about {estimate:,.0f} s; the limit is "
                        f"{settings.generation_timeout_s:,.0f} s (S2V_GENERATION_TIMEOUT_S)")
-    return {"seconds": seconds, "segments": segments, "estimate": shown}
+    face = "not checked" if portrait is None else portrait.summary()
+    if portrait is not None and portrait.problem:
+        face = f"[yellow]{portrait.problem}[/yellow]"
+    return {"seconds": seconds, "segments": segments, "estimate": shown, "face": face}

@@ -75,7 +75,7 @@ def test_mixed_manifest_ends_every_row_in_the_ledger(prefect_harness, env, tmp_p
     assert latest["no-image"].error.startswith("row 5: image=") and "not found" in latest["no-image"].error
     # A missing local file is known when the manifest is read: its row fails before any video is made.
     assert latest["no-image"].finished_at < min(latest[c].finished_at for c in ("good-local", "good-http"))
-    assert latest["bad-audio"].error.startswith("audio=")
+    assert latest["bad-audio"].error.startswith("row 6: audio=")
     assert "404" in latest["gone"].error and http_server.hits["/nothing-here.jpg"] == 1  # not retried
     assert (out / "results.csv").read_text().count("\n") == 7  # header + 6 rows
     assert not list((load_settings().cache_dir / "work" / "rows").glob("*"))  # input copies gone with their rows

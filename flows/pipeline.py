@@ -124,6 +124,8 @@ def run_rows(
     def collect_uploads(block: bool) -> None:
         for pair in list(uploads):
             run, future = pair
+            if future.state.is_final() and "upload_started" in run.seconds:  # its own time, not the clip check's
+                run.seconds["upload_s"] = time.perf_counter() - run.seconds.pop("upload_started")
             if block or (future.state.is_final() and (run.quality is None or run.quality.state.is_final())):
                 uploads.remove(pair)
                 _end_upload(run, future, finish, settings)
@@ -192,7 +194,8 @@ def _submit_upload(run: RowRun, settings: Settings) -> PrefectFuture:
 
 
 def _end_upload(run: RowRun, future: PrefectFuture, finish, settings: Settings) -> None:
-    run.seconds["upload_s"] = time.perf_counter() - run.seconds.pop("upload_started")
+    if "upload_started" in run.seconds:
+        run.seconds["upload_s"] = time.perf_counter() - run.seconds.pop("upload_started")
     run.qc = clip_check_fields(run.quality, run.inputs.portrait)
     try:
         run.urls = future.result()

@@ -1,7 +1,7 @@
 """`s2v check MANIFEST`: every row checked as the batch would, without the model or Prefect.
 
 Per row: its values, its files (local ones must exist; remote ones are downloaded), that the portrait
-and the speech decode, the speech's length, the segments it needs, and the generation time estimated
+and the speech decode, the portrait's faces (S2V_FACE_CHECK), the speech's length, the segments it needs, and the generation time estimated
 from the speed measured on this machine's checkpoint and device (when one was measured).
 """
 from __future__ import annotations

@@ -117,3 +117,51 @@ def test_a_tiny_checkpoint_clip_of_noise_is_flagged_as_having_no_face(tiny_check
     result = check_clip(Path(made.video_path), portrait)
     assert result.face_frames == 0.0 and result.face_drift is None and result.mouth_sync is None
     assert result.flags == ["a face in 0% of sampled frames (< 80%)"]
+
+
+@pytest.mark.parametrize("mode", ["warn", "refuse"])
+def test_check_shows_each_portraits_face_and_refuse_makes_a_faceless_row_bad(mode, tmp_path, astronaut_png):
+    import io
+
+    from rich.console import Console
+
+    from s2v.check_cli import check_manifest
+
+    coffee = tmp_path / "coffee.png"
+    Image.fromarray(skimage_data.coffee()).save(coffee)
+    speech = EXAMPLES / "speech_short.wav"
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"clip_id,image,audio\nface,{astronaut_png},{speech}\ncup,{coffee},{speech}\n")
+    shown = io.StringIO()
+    settings = Settings(local_inputs=True, cache_dir=tmp_path / "cache", face_check=mode)
+    bad = check_manifest(str(manifest), settings, Console(file=shown, width=300, no_color=True))
+    lines = {line.split("│")[2].strip(): line for line in shown.getvalue().splitlines() if line.count("│") > 3}
+    assert "1 face(s), main 3% of the picture" in lines["face"]
+    assert "no face found" in lines["cup"]
+    assert bad == (1 if mode == "refuse" else 0)
+    assert ("bad" in lines["cup"]) == (mode == "refuse")
+
+
+def test_the_run_summary_shows_what_the_checks_flagged():
+    import io
+
+    from rich.console import Console
+
+    from s2v.batch_cli import print_summary
+
+    records = [
+        {"row": 2, "clip_id": "face", "status": "succeeded", "url": "face.mp4", "error": None, "total_time": 9.0,
+         "qc_flags": "a face in 0% of sampled frames (< 80%)"},
+        {"row": 3, "clip_id": "two", "status": "succeeded", "url": "two.mp4", "error": None, "total_time": 9.0,
+         "qc_portrait": "2 faces found; the model animates one person"},
+        {"row": 4, "clip_id": "fine", "status": "succeeded", "url": "fine.mp4", "error": None, "total_time": 9.0},
+    ]
+    summary = {"succeeded": 3, "failed": 0, "skipped": 0, "interrupted": 0, "records": records, "output": "out",
+               "estimated_cost_usd": 0.0}
+    shown = io.StringIO()
+    print_summary(Console(file=shown, width=300, no_color=True), summary)
+    lines = {line.split("│")[2].strip(): line for line in shown.getvalue().splitlines() if line.count("│") > 3}
+    assert "flagged" in shown.getvalue().splitlines()[2]
+    assert lines["face"].rstrip(" │").endswith("a face in 0% of sampled frames (< 80%)")
+    assert "portrait: 2 faces found" in lines["two"]
+    assert lines["fine"].rstrip(" │").endswith("fine.mp4")

@@ -53,7 +53,8 @@ def check_clip(video: Path, portrait: Path | None = None) -> ClipCheck:
     fits it); without a portrait, against the first face found in the clip."""
     import imageio_ffmpeg
 
-    frames = imageio_ffmpeg.read_frames(str(video), pix_fmt="gray", bits_per_pixel=8)
+    # One decoding thread: the check shares the worker's CPU with the generation beside it.
+    frames = imageio_ffmpeg.read_frames(str(video), pix_fmt="gray", bits_per_pixel=8, input_params=["-threads", "1"])
     try:
         meta = next(frames)
         width, height = meta["size"]
@@ -122,7 +123,7 @@ def speech_of(video: Path) -> np.ndarray:
     """The clip's audio track as mono float32 samples at AUDIO_RATE (empty when it has none)."""
     import imageio_ffmpeg
 
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(video), "-vn", "-ac", "1",
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-threads", "1", "-i", str(video), "-vn", "-ac", "1",
                "-ar", str(AUDIO_RATE), "-f", "f32le", "pipe:1"]
     proc = subprocess.run(command, capture_output=True, timeout=300)
     return np.frombuffer(proc.stdout, dtype=np.float32) if proc.returncode == 0 else np.zeros(0, np.float32)

@@ -26,7 +26,7 @@ def check_clip_quality(clip_id: str, video: Path, portrait: Path | None) -> dict
         check, error = None, f"{type(exc).__name__}: {exc}"
         get_run_logger().warning("clip check of %s could not run: %s", clip_id, error)
     if check is not None and check.flags:
-        get_run_logger().warning("clip %s flagged: %s", clip_id, check.problem())
+        get_run_logger().info("clip %s flagged: %s", clip_id, check.problem())  # the summary shows it too
     return {"check": check, "seconds": time.perf_counter() - started, "error": error}
 
 

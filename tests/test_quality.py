@@ -165,3 +165,21 @@ def test_the_run_summary_shows_what_the_checks_flagged():
     assert lines["face"].rstrip(" │").endswith("a face in 0% of sampled frames (< 80%)")
     assert "portrait: 2 faces found" in lines["two"]
     assert lines["fine"].rstrip(" │").endswith("fine.mp4")
+
+
+def test_rows_checking_portraits_at_once_in_a_fresh_process_all_get_their_faces():
+    """Two rows' downloads import OpenCV at the same moment in a new worker process."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import threading\nfrom skimage import data\nfrom s2v.quality.portrait import check_picture\n"
+        "picture, found = data.astronaut(), []\n"
+        "threads = [threading.Thread(target=lambda: found.append(check_picture(picture).faces)) for _ in range(4)]\n"
+        "[thread.start() for thread in threads]\n[thread.join() for thread in threads]\n"
+        "assert found == [1, 1, 1, 1], found\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

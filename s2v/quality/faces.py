@@ -21,6 +21,7 @@ MIN_FACE_FRACTION = 1 / 8  # of the short side: a smaller face is no talking hea
 EDGE_MARGIN = 0.1  # of the face box: a box closer than this to an edge is a face cut by the frame
 
 _local = threading.local()
+_import_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,7 @@ class Face:
 
 def find_faces(picture: np.ndarray) -> list[Face]:
     """The faces in an RGB (H, W, 3) or grey (H, W) uint8 picture, largest first."""
-    import cv2
-
+    cv2 = _opencv()
     grey = picture if picture.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(picture), cv2.COLOR_RGB2GRAY)
     scale = min(1.0, WORKING_SIDE / max(grey.shape))
     if scale < 1.0:
@@ -68,8 +68,7 @@ def find_faces(picture: np.ndarray) -> list[Face]:
 
 def _cascade():
     """One classifier per thread: OpenCV does not promise that one may be shared across threads."""
-    import cv2
-
+    cv2 = _opencv()
     if getattr(_local, "cascade", None) is None:
         # The check runs beside a generation on the worker's CPU: one thread keeps it out of the way.
         cv2.setNumThreads(1)
@@ -78,3 +77,11 @@ def _cascade():
             raise RuntimeError(f"OpenCV's {CASCADE_FILE} did not load from {cv2.data.haarcascades}")
         _local.cascade = cascade
     return _local.cascade
+
+
+def _opencv():
+    """cv2, imported under a lock: two rows' downloads importing it at once saw a half-loaded module
+    ("module 'cv2' has no attribute 'data'"); OpenCV's loader swaps modules during its import."""
+    with _import_lock:
+        import cv2
+    return cv2

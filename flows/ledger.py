@@ -153,7 +153,8 @@ class Ledger:
 
     def flagged(self) -> list[LedgerRecord]:
         """Clips whose latest record is a video the clip check flagged, in row order: what `retry --flagged` remakes."""
-        found = [record for record in self.latest().values() if record.status in ("succeeded", "skipped") and record.qc_flags]
+        found = [record for record in self.latest().values()
+                 if record.status in ("succeeded", "skipped") and record.qc_flags]
         return sorted(found, key=lambda record: (record.row is None, record.row or 0, record.clip_id))
 
     def counts(self) -> dict[str, int]:

@@ -37,9 +37,9 @@ from s2v.storage.outputs import filesystem, put_output
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = (
-    "row", "clip_id", "status", "error", "qc_flags", "qc_portrait", "url", "generation_time", "total_time", "duration", "width", "height",
-    "video_size_mb", "warm_model", "tiny_checkpoint", "resolution", "size", "mode", "sample_steps", "seed",
-    "attempts", "worker",
+    "row", "clip_id", "status", "error", "qc_flags", "qc_portrait", "url", "generation_time", "total_time", "duration",
+    "width", "height", "video_size_mb", "warm_model", "tiny_checkpoint", "resolution", "size", "mode", "sample_steps",
+    "seed", "attempts", "worker",
 )
 THUMB_WIDTH = 240
 INLINE_SHEET_CLIPS = 48  # a picture inlined into a card stays a few hundred KB

@@ -54,7 +54,8 @@ def flagged_rows(flagged: list[LedgerRecord], settings: Settings) -> list[ClipRo
     by_manifest: dict[str | None, dict[str, LedgerRecord]] = defaultdict(dict)
     for record in flagged:
         if record.qc_portrait:
-            logger.warning("clip %s not remade: its portrait failed the face check (%s)", record.clip_id, record.qc_portrait)
+            logger.warning("clip %s not remade: its portrait failed the face check (%s)", record.clip_id,
+                           record.qc_portrait)
         else:
             by_manifest[record.manifest][record.clip_id] = record
     rows = []

@@ -87,7 +87,8 @@ def _prepare_prefect(settings: Settings, verbose: bool, console) -> None:
         console.print(f"Prefect API: {os.environ['PREFECT_API_URL']}")
 
 
-def _run_flow(manifest: str | None, settings: Settings, lookahead: int, total: int, console, flagged: bool = False) -> int:
+def _run_flow(manifest: str | None, settings: Settings, lookahead: int, total: int, console,
+              flagged: bool = False) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.batch import batch, retry_failed

@@ -1,8 +1,9 @@
 """`s2v check MANIFEST`: every row checked as the batch would, without the model or Prefect.
 
 Per row: its values, its files (local ones must exist; remote ones are downloaded), that the portrait
-and the speech decode, the portrait's faces (S2V_FACE_CHECK), the speech's length, the segments it needs, and the generation time estimated
-from the speed measured on this machine's checkpoint and device (when one was measured).
+and the speech decode, the portrait's faces (S2V_FACE_CHECK), the speech's length, the segments it
+needs, and the generation time estimated from the speed measured on this machine's checkpoint and
+device (when one was measured).
 """
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ def check_manifest(manifest: str, settings: Settings, console) -> int:
         if problem:
             table.add_row(str(number), clip_id, "[red]bad[/red]", "", "", "", "", problem)
         else:
-            table.add_row(str(number), clip_id, "[green]ok[/green]", facts["face"], f"{facts['seconds']:.1f} s", str(facts["segments"]),
-                          facts["estimate"], "")
+            table.add_row(str(number), clip_id, "[green]ok[/green]", facts["face"], f"{facts['seconds']:.1f} s",
+                          str(facts["segments"]), facts["estimate"], "")
     console.print(table)
     bad = sum(1 for result in results if result[3])
     console.print(f"{len(results) - bad} ok, {bad} bad" + ("" if not bad else "; fix these rows before the batch"))

@@ -1,1 +1,1 @@
-"""Quality checks without a person watching: a face check of each portrait before the GPU, and a check of each made clip after it."""
+"""Quality checks without a person watching: each portrait's face before the GPU, each made clip after it."""

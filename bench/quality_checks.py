@@ -57,7 +57,7 @@ def main() -> None:
 
         preflight_s, found = timed(lambda: check_portrait(portrait), args.repeats)
         check_s, result = timed(lambda: check_clip(clip, portrait), args.repeats)
-    print(f"portrait preflight: {preflight_s:.3f} s per picture ({found.summary()})")
+    print(f"portrait preflight: {preflight_s:.3f} s per picture (found: {found.summary()})")
     print(f"clip check: {check_s:.2f} s per clip of {args.seconds:g} s at {SIZE[0]}x{SIZE[1]}, 16 fps "
           f"({check_s / args.seconds:.3f} s per second of video; median of {args.repeats})")
     print(f"  its verdict: face in {result.face_frames:.0%} of sampled frames, mouth score {result.mouth_sync}, "

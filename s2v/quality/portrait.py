@@ -24,10 +24,11 @@ class PortraitCheck(BaseModel):
     problem: str | None = None
 
     def summary(self) -> str:
+        """A few words for a table column: "1 face, 9%" (the main face's share), ", cut" when an edge cuts it."""
         if not self.faces:
             return "no face"
-        cut = ", cut by an edge" if self.face_cut else ""
-        return f"{self.faces} face(s), main {self.face_share:.0%} of the picture{cut}"
+        cut = ", cut" if self.face_cut else ""
+        return f"{self.faces} face{'s' if self.faces > 1 else ''}, {self.face_share:.0%}{cut}"
 
 
 def check_portrait(path: Path) -> PortraitCheck:

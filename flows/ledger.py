@@ -96,6 +96,19 @@ class LedgerRecord(BaseModel):
     # A finished video whose upload failed stays on its worker; retry uploads it instead of generating again.
     kept_video: str | None = None
     video_sha256: str | None = None
+    # Quality checks (s2v/quality, README "Quality checks"): the portrait's before the GPU, the clip's after it.
+    qc_portrait_faces: int | None = None
+    qc_portrait_face_share: float | None = None
+    qc_portrait_face_cut: bool | None = None
+    qc_portrait: str | None = None  # why the portrait has not exactly one usable face (S2V_FACE_CHECK=warn)
+    qc_face_frames: float | None = None
+    qc_face_drift: float | None = None
+    qc_face_size_change: float | None = None
+    qc_mouth_sync: float | None = None
+    qc_mouth_lag_s: float | None = None
+    qc_flags: str | None = None  # why the clip needs a person's eye; None: nothing found
+    qc_error: str | None = None  # why the clip check could not run
+    qc_s: float | None = None
     manifest: str | None = None  # id of the manifest copy under manifests/ that this row came from
     worker: str = Field(default_factory=socket.gethostname)
     finished_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
@@ -136,6 +149,12 @@ class Ledger:
     def retryable(self) -> list[LedgerRecord]:
         """Clips whose latest record failed or was interrupted, in row order: what a retry takes up."""
         found = [record for record in self.latest().values() if record.status in RETRYABLE]
+        return sorted(found, key=lambda record: (record.row is None, record.row or 0, record.clip_id))
+
+    def flagged(self) -> list[LedgerRecord]:
+        """Clips whose latest record is a video the clip check flagged, in row order: what `retry --flagged` remakes."""
+        found = [record for record in self.latest().values()
+                 if record.status in ("succeeded", "skipped") and record.qc_flags]
         return sorted(found, key=lambda record: (record.row is None, record.row or 0, record.clip_id))
 
     def counts(self) -> dict[str, int]:

@@ -35,6 +35,7 @@ from tasks.download import DownloadedInputs, download_inputs
 from tasks.encode import encode_audio
 from tasks.generate import generate_video
 from tasks.history import RowHistory, read_row_history
+from tasks.quality import clip_check_fields, submit_clip_check
 from tasks.upload import upload_video
 
 RowEnded = Callable[[LedgerRecord], None]
@@ -43,6 +44,7 @@ UPLOAD_POLL_S = 0.5  # how often a wait in the loop looks for finished uploads
 _MADE_FIELDS = (
     "url", "poster_url", "output_uri", "generation_time", "pipeline_time", "video_size_mb", "seed", "tiny_checkpoint",
     "checkpoint", "width", "height", "duration", "frames", "segments", "warm_model", "sample_shift", "guidance_scale",
+    "qc_face_frames", "qc_face_drift", "qc_face_size_change", "qc_mouth_sync", "qc_mouth_lag_s", "qc_flags", "qc_error",
 )
 
 
@@ -63,6 +65,8 @@ class RowRun:
     urls: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     kept_video: Path | None = None
+    quality: PrefectFuture | None = None  # the clip check, running beside the upload
+    qc: dict = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -121,7 +125,9 @@ def run_rows(
     def collect_uploads(block: bool) -> None:
         for pair in list(uploads):
             run, future = pair
-            if block or future.state.is_final():
+            if future.state.is_final() and "upload_started" in run.seconds:  # its own time, not the clip check's
+                run.seconds["upload_s"] = time.perf_counter() - run.seconds.pop("upload_started")
+            if block or (future.state.is_final() and (run.quality is None or run.quality.state.is_final())):
                 uploads.remove(pair)
                 _end_upload(run, future, finish, settings)
 
@@ -181,11 +187,15 @@ def _submit_upload(run: RowRun, settings: Settings) -> PrefectFuture:
     files = {run.key: (run.video, "video/mp4")}
     if run.poster is not None:
         files[run.poster_key] = (run.poster, "image/jpeg")
-    return upload_video.submit(files, output=settings.output, settings=settings)
+    upload = upload_video.submit(files, output=settings.output, settings=settings)
+    run.quality = submit_clip_check(run.row.clip_id, run.video, run.inputs.image_path, settings)
+    return upload
 
 
 def _end_upload(run: RowRun, future: PrefectFuture, finish, settings: Settings) -> None:
-    run.seconds["upload_s"] = time.perf_counter() - run.seconds.pop("upload_started")
+    if "upload_started" in run.seconds:
+        run.seconds["upload_s"] = time.perf_counter() - run.seconds.pop("upload_started")
+    run.qc = clip_check_fields(run.quality, run.inputs.portrait)
     try:
         run.urls = future.result()
     except Exception as exc:
@@ -241,6 +251,8 @@ def _record(run: RowRun, status: str, error: str | None, done: LedgerRecord | No
     for earlier in (run.made_earlier, done):
         if earlier is not None:
             fields.update({name: getattr(earlier, name) for name in _MADE_FIELDS})
+    if run.inputs:  # after the earlier record's: a kept video uploaded now has just been checked again
+        fields.update(run.qc or clip_check_fields(None, run.inputs.portrait))
     if run.video is not None:
         fields.update(url=run.urls.get(run.key), poster_url=run.urls.get(run.poster_key),
                       output_uri=output_location(settings.output, run.key))

@@ -30,15 +30,16 @@ from prefect.states import Completed, Failed, State
 
 from flows.ledger import LedgerRecord
 from s2v.errors import BatchFailed
+from s2v.quality.fields import qc_flag_text
 from s2v.settings import Settings
 from s2v.storage.outputs import filesystem, put_output
 
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = (
-    "row", "clip_id", "status", "error", "url", "generation_time", "total_time", "duration", "width", "height",
-    "video_size_mb", "warm_model", "tiny_checkpoint", "resolution", "size", "mode", "sample_steps", "seed",
-    "attempts", "worker",
+    "row", "clip_id", "status", "error", "qc_flags", "qc_portrait", "url", "generation_time", "total_time", "duration",
+    "width", "height", "video_size_mb", "warm_model", "tiny_checkpoint", "resolution", "size", "mode", "sample_steps",
+    "seed", "attempts", "worker",
 )
 THUMB_WIDTH = 240
 INLINE_SHEET_CLIPS = 48  # a picture inlined into a card stays a few hundred KB
@@ -177,6 +178,8 @@ class BatchReport:
                 lines += [f"### {clip_id}", "waiting", ""]
                 continue
             lines.append(f"### {clip_id} ({record['status']})")
+            if flags := qc_flag_text(record):
+                lines.append(f"**Flagged for a look:** {_one_line(flags)}")
             if clip_id in self.pictures:
                 lines.append(f"![{clip_id}]({self.pictures[clip_id]})")
             if record["status"] in ("succeeded", "skipped") and record.get("url"):

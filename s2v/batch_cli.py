@@ -25,8 +25,10 @@ _PREFECT_DEFAULTS = {
 }
 
 
-def run_batch(manifest: str | None, settings: Settings, lookahead: int, verbose: bool, console) -> int:
-    """Run `manifest` (None: retry the output's failed rows); returns the exit status."""
+def run_batch(manifest: str | None, settings: Settings, lookahead: int, verbose: bool, console,
+              flagged: bool = False) -> int:
+    """Run `manifest` (None: retry the output's failed rows, or with `flagged` its flagged clips); returns
+    the exit status."""
     if settings.checkpoint is None:
         console.print("[yellow]No S2V_CHECKPOINT: using the tiny random-weight test checkpoint; its videos are "
                       "coloured noise (records say tiny_checkpoint: true).[/yellow]")
@@ -36,11 +38,11 @@ def run_batch(manifest: str | None, settings: Settings, lookahead: int, verbose:
     if manifest is not None:
         total = _check_manifest(manifest, settings)
     else:
-        total = _report_retry(settings, console)
+        total = _report_flagged(settings, console) if flagged else _report_retry(settings, console)
         if not total:
             return 0
     _prepare_prefect(settings, verbose, console)
-    return _run_flow(manifest, settings, lookahead, total, console)
+    return _run_flow(manifest, settings, lookahead, total, console, flagged)
 
 
 def _check_manifest(manifest: str, settings: Settings) -> int:
@@ -60,6 +62,14 @@ def _report_retry(settings: Settings, console) -> int:
     where = ", ".join(f"{count} from manifest {name}" for name, count in by_manifest.items())
     console.print(f"{len(failed)} failed row(s) to retry in {settings.output}" + (f": {where}" if where else ""))
     return len(failed)
+
+
+def _report_flagged(settings: Settings, console) -> int:
+    from flows.ledger import load_ledger
+
+    flagged = load_ledger(settings.output, settings).flagged()
+    console.print(f"{len(flagged)} flagged clip(s) to remake with a new seed in {settings.output}")
+    return len(flagged)
 
 
 def _prepare_prefect(settings: Settings, verbose: bool, console) -> None:
@@ -84,7 +94,8 @@ def _prepare_prefect(settings: Settings, verbose: bool, console) -> None:
         console.print(f"Prefect API: {os.environ['PREFECT_API_URL']}")
 
 
-def _run_flow(manifest: str | None, settings: Settings, lookahead: int, total: int, console) -> int:
+def _run_flow(manifest: str | None, settings: Settings, lookahead: int, total: int, console,
+              flagged: bool = False) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.batch import batch, retry_failed
@@ -97,7 +108,11 @@ def _run_flow(manifest: str | None, settings: Settings, lookahead: int, total: i
 
     def run() -> None:
         try:
-            if manifest is None:
+            if flagged:
+                from flows.retry_flagged import retry_flagged
+
+                state = retry_flagged(**common, return_state=True)
+            elif manifest is None:
                 state = retry_failed(**common, return_state=True)
             else:
                 state = batch(manifest=manifest, **common, return_state=True)
@@ -177,6 +192,7 @@ class _StopOnSignal:
 def print_summary(console, summary: dict) -> None:
     from rich.markup import escape
 
+    from s2v.quality.fields import qc_flag_text
     from s2v.tables import print_table
 
     failed = summary["failed"] + summary.get("interrupted", 0)
@@ -184,9 +200,10 @@ def print_summary(console, summary: dict) -> None:
     for record in sorted(summary["records"], key=lambda record: record.get("row") or 0):  # manifest order
         detail = record["url"] if record["status"] in ("succeeded", "skipped") else record["error"]
         lines.append((str(record["row"]), record["clip_id"], record["status"],
-                      f"{record['total_time']:.1f}" if record.get("total_time") else "", escape(detail or "")))
+                      f"{record['total_time']:.1f}" if record.get("total_time") else "", escape(detail or ""),
+                      escape(qc_flag_text(record))))
     print_table(console, f"{summary['succeeded']} succeeded, {failed} failed, {summary['skipped']} skipped",
-                ("row", "clip", "status", "seconds", "url or error"), lines)
+                ("row", "clip", "status", "seconds", "url or error", "flagged"), lines)
     console.print(f"output: {summary['output']} (ledger: results.jsonl, results.csv; estimated GPU cost "
                   f"${summary['estimated_cost_usd']:.4f})")
     if summary.get("tiny_checkpoint"):

@@ -1,9 +1,10 @@
 """`s2v check MANIFEST`: every row checked as the batch would, without the model or Prefect.
 
 Per row: its values, its files (local ones must exist; remote ones are downloaded), that the portrait
-and the speech decode, that a LoRA fits this model's DiT (its header) and a pose video decodes, the
-speech's length, the segments it needs, and the generation time estimated from the speed measured on
-this machine's checkpoint and device (when one was measured), refused past S2V_GENERATION_TIMEOUT_S.
+and the speech decode, the portrait's faces (S2V_FACE_CHECK), that a LoRA fits this model's DiT (its
+header) and a pose video decodes, the speech's length, the segments it needs, and the generation time
+estimated from the speed measured on this machine's checkpoint and device (when one was measured),
+refused past S2V_GENERATION_TIMEOUT_S.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ def check_manifest(manifest: str, settings: Settings, console) -> int:
     from rich.markup import escape
 
     from flows.manifest import parse_manifest
-    from s2v.tables import print_table
     from s2v.row_checks import row_error
     from s2v.storage.manifests import manifest_text
+    from s2v.tables import print_table
 
     parsed = parse_manifest(manifest_text(manifest, settings), None, settings)
     results = [(bad.row, bad.clip_id, None, str(bad.error)) for bad in parsed.invalid]
@@ -35,22 +36,28 @@ def check_manifest(manifest: str, settings: Settings, console) -> int:
     lines = []
     for number, clip_id, facts, problem in sorted(results, key=lambda result: result[0]):
         if problem:
-            lines.append((str(number), clip_id, "[red]bad[/red]", "", "", "", escape(problem)))
+            lines.append((str(number), clip_id, "[red]bad[/red]", "", "", "", "", escape(problem)))
         else:
-            lines.append((str(number), clip_id, "[green]ok[/green]", f"{facts['seconds']:.1f} s", str(facts["segments"]),
-                          facts["estimate"], ""))
+            lines.append((str(number), clip_id, "[green]ok[/green]", facts["face"], f"{facts['seconds']:.1f} s",
+                          str(facts["segments"]), facts["estimate"], ""))
     print_table(console, f"{manifest}: {len(results)} row(s)",
-                ("row", "clip", "check", "speech", "segments", "estimated", "problem"), lines)
+                ("row", "clip", "check", "face", "speech", "segments", "estimated", "problem"), lines)
     bad = sum(1 for result in results if result[3])
     console.print(f"{len(results) - bad} ok, {bad} bad" + ("" if not bad else "; fix these rows before the batch"))
     return bad
 
 
 def _check_row(row, work: Path, settings: Settings) -> dict:
-    from s2v.row_checks import FILE_FIELDS, check_file, check_speech_time
+    from rich.markup import escape
 
-    facts: dict = {}
-    for field in FILE_FIELDS:  # the LoRA by its header and the pose video by its frames, as the batch will
+    from s2v.quality.portrait import preflight_portrait
+    from s2v.row_checks import FILE_FIELDS, check_fetched, check_file, check_speech_time
+    from s2v.storage.fetch import fetch_input
+
+    image = fetch_input(row.image, work, "image", settings)
+    facts = check_fetched(image, settings)
+    portrait = preflight_portrait(image, settings)  # S2V_FACE_CHECK=refuse makes a bad face a bad row
+    for field in FILE_FIELDS[1:]:  # the LoRA by its header and the pose video by its frames, as the batch will
         if getattr(row, field):
             facts.update(check_file(getattr(row, field), field, work, settings))
     seconds = facts["seconds"]
@@ -59,4 +66,7 @@ def _check_row(row, work: Path, settings: Settings) -> dict:
         segments = min(segments, row.max_segments)
     estimate = check_speech_time(row, seconds, settings)
     shown = "not measured yet" if estimate is None else f"{estimate / 60:.1f} min"
-    return {"seconds": seconds, "segments": segments, "estimate": shown}
+    face = "not checked" if portrait is None else portrait.summary()
+    if portrait is not None and portrait.problem:
+        face = f"[yellow]{escape(face)}[/yellow]"  # S2V_FACE_CHECK=warn: made anyway, with the reason in its record
+    return {"seconds": seconds, "segments": segments, "estimate": shown, "face": face}

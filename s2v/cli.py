@@ -143,12 +143,14 @@ def retry(
     checkpoint: Optional[Path] = typer.Option(None),
     server: Optional[Path] = typer.Option(None),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    flagged: bool = typer.Option(False, "--flagged", help="remake the clips the clip check flagged, with a new seed, "
+                                 "instead of the failed rows"),
 ) -> None:
     """Rerun every row whose latest ledger record failed or was interrupted, from whichever manifest it came."""
-    _run_batch(None, output, checkpoint, server, 2, verbose)
+    _run_batch(None, output, checkpoint, server, 2, verbose, flagged)
 
 
-def _run_batch(manifest, output, checkpoint, server, lookahead, verbose) -> None:
+def _run_batch(manifest, output, checkpoint, server, lookahead, verbose, flagged: bool = False) -> None:
     from rich.console import Console
 
     from s2v.batch_cli import run_batch
@@ -156,7 +158,7 @@ def _run_batch(manifest, output, checkpoint, server, lookahead, verbose) -> None
     console = Console(stderr=True)
     try:
         settings = _settings(output=output, checkpoint=checkpoint, model_server=server)
-        code = run_batch(manifest, settings, lookahead, verbose, console)
+        code = run_batch(manifest, settings, lookahead, verbose, console, flagged)
     except S2VError as exc:
         _fail(exc)
     raise typer.Exit(code)

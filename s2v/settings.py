@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         default_factory=list, description="hosts allowed even if private/loopback (comma-separated or a JSON list)"
     )
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. Cloudflare R2")
+    face_check: Literal["warn", "refuse", "off"] = Field(
+        "warn", description="the portrait face check before any GPU work (s2v/quality): refuse fails a row without "
+        "exactly one usable face, warn runs it with the reason in its record (qc_portrait), off does not look",
+    )
+    clip_check: bool = Field(True, description="check each made clip (face kept, mouth moving with the speech) on "
+                             "the worker's CPU beside the next generation; the results are the records' qc_* fields")
 
     # Outputs
     output: str = Field("s2v-output", description="local folder or s3://bucket/prefix")

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from s2v.errors import S2VError, TransientError
 from s2v.media_checks import check_audio, check_image, check_lora, check_pose_video
+from s2v.quality.portrait import PortraitCheck, preflight_portrait
 from s2v.settings import Settings, get_settings
 from s2v.storage.fetch import FetchedInput, fetch_input, local_file
 from s2v.storage.locations import uri_scheme
@@ -55,6 +56,7 @@ class DownloadedInputs(BaseModel):
     pose_video_path: Path | None = None
     pose_video_sha256: str | None = None
     pose_video_source: str | None = None
+    portrait: PortraitCheck | None = None  # the face check (S2V_FACE_CHECK); None when off
 
 
 @task(name="download-inputs", **IO_TASK_OPTIONS)
@@ -83,6 +85,7 @@ def download_inputs(
             raise _stage_over(stage, settings, tries)
         fetched_image = _fetch_once(stage, image, work_dir, "image", settings)
         width, height = check_image(fetched_image)
+        portrait = preflight_portrait(fetched_image, settings)
         fetched_audio = _fetch_once(stage, audio, work_dir, "audio", settings)
         seconds, sample_rate = check_audio(fetched_audio, settings.max_audio_seconds)
         fetched_pose = _fetch_once(stage, pose_video, work_dir, "pose_video", settings) if pose_video else None
@@ -119,6 +122,7 @@ def download_inputs(
         pose_video_path=fetched_pose.path if fetched_pose else None,
         pose_video_sha256=fetched_pose.sha256 if fetched_pose else None,
         pose_video_source=fetched_pose.source if fetched_pose else None,
+        portrait=portrait,
     )
     _logger().info(
         "inputs ready: image %s (%dx%d), audio %s (%.2f s)%s%s in %.2f s",

@@ -6,6 +6,7 @@ from prefect.utilities.callables import parameter_schema
 from flows.batch import batch, retry_failed
 from flows.clip import clip
 from flows.nightly import nightly
+from flows.retry_flagged import retry_flagged
 from flows.row import row
 from flows.scale_out import scale_out
 
@@ -14,7 +15,7 @@ def _schema(flow) -> dict:
     return parameter_schema(flow).model_dump()
 
 
-@pytest.mark.parametrize("flow", [clip, batch, retry_failed, scale_out, nightly, row], ids=lambda f: f.name)
+@pytest.mark.parametrize("flow", [clip, batch, retry_failed, retry_flagged, scale_out, nightly, row], ids=lambda f: f.name)
 def test_plain_text_fields_have_no_none_switch_and_every_field_is_explained(flow):
     for name, field in _schema(flow)["properties"].items():
         assert "anyOf" not in field or all(kind.get("type") != "null" for kind in field["anyOf"]), name

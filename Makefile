@@ -19,4 +19,4 @@ demo: $(STAMP)
 	$(VENV)/bin/s2v run examples/manifest.csv --output s2v-output
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -rs
+	$(VENV)/bin/python -m pytest -q -rs --durations=15

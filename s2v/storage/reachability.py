@@ -3,8 +3,6 @@
 location and the cause, instead of a flow that fails deep inside with a traceback."""
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -14,20 +12,20 @@ from s2v.storage.redaction import redact, scrub
 
 T = TypeVar("T")
 START_TRIES = 3
-START_BACKOFF_S = 1.0  # then 2 s; jitter +-50 %
+START_BACKOFF_S = 1.0  # waits of up to 1 s, then 2 s (full jitter): a person waits on it
 
 
 def with_start_retries(what: str, location: str, call: Callable[[], T], tries: int = START_TRIES) -> T:
     """`call()`, retried on TransientError; after the last try StorageUnreachable naming `location`."""
-    for attempt in range(1, tries + 1):
-        try:
-            return call()
-        except TransientError as exc:
-            if attempt == tries:
-                raise StorageUnreachable(f"cannot reach {what} {redact(location)} after {tries} tries: "
-                                         f"{_cause(str(exc), location)}") from None
-            time.sleep(START_BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
-    raise AssertionError("unreachable")
+    import backoff
+
+    retried = backoff.on_exception(backoff.expo, TransientError, max_tries=tries, factor=START_BACKOFF_S,
+                                   jitter=backoff.full_jitter, logger=None)(call)
+    try:
+        return retried()
+    except TransientError as exc:
+        raise StorageUnreachable(f"cannot reach {what} {redact(location)} after {tries} tries: "
+                                 f"{_cause(str(exc), location)}") from None
 
 
 def check_output_reachable(settings: Settings) -> None:

@@ -4,9 +4,10 @@ Fusing (W += strength * scale * up @ down) costs nothing per step, unlike DiffSy
 adds two matmuls to every linear layer and needs its VRAM-management wrappers. A fuse in bf16 rounds, so
 it cannot be undone by subtracting; the tensors a set changes are kept as they were and copied back to
 switch: the base weights come back bit for bit. They are kept on the model's own device while its free
-memory stays above ORIGINALS_RESERVE_BYTES (device-to-device copies: ~28 GB in well under a second on a
-H100/H200, against 25 s + 5.5 s through the CPU on the 2026-11-27 H200); only what does not fit goes to the
-CPU. Which tensor goes where is model_runtime.lora_match's answer, the same one the checks before the model give.
+memory stays above ORIGINALS_RESERVE_BYTES (device-to-device copies: ~28 GB at HBM speed, well under a
+second, against 25 s + 5.5 s through the CPU on the 2026-11-27 H200); only what does not fit goes to the
+CPU. Why not the alternatives: subtracting the delta again is not bit-exact in bf16, and an unfused adapter
+(two extra matmuls per linear layer) costs every step of every clip instead of one switch per LoRA. Which tensor goes where is model_runtime.lora_match's answer, the same one the checks before the model give.
 """
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ from s2v.errors import InputError
 
 log = logging.getLogger(__name__)
 
-# Device memory left free for generating when originals are kept on the GPU: the 720p standard clip's
-# activations (48.3 GiB peak with 30.4 GiB of weights, bench/results/gpu_step_h200_2026-11-27.md) plus the
-# text encoder, VAE and audio encoder of the warm pipeline (~13 GiB) and room for fragmentation.
-ORIGINALS_RESERVE_BYTES = 36 * 2**30
+# Device memory left free for generating when originals are kept on the GPU (the loaded weights are already
+# out of the free figure): a 720p step's activations, 48.3 GiB peak - 30.4 GiB of weights = 17.9 GiB
+# (bench/results/gpu_step_h200_2026-11-27.md), plus room for the VAE decode and fragmentation. On a 141 GB
+# H200 all ~28 GB of a full rank-64 set stay on the GPU; on an 80 GB H100 about half does, the rest goes
+# through the CPU as before.
+ORIGINALS_RESERVE_BYTES = 22 * 2**30
 
 
 @dataclass(frozen=True)

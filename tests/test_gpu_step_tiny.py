@@ -43,7 +43,7 @@ def run(tmp_path_factory):
     # compile backend 'eager': dynamo's graph capture of the blocks without inductor's C++ build (30 s here).
     proc = subprocess.run(
         [sys.executable, "bench/gpu_step.py", "--tiny", "--compile-backend", "eager", "--out", str(out)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=180,
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "gpu_step.json").read_text()), proc.stdout
@@ -93,15 +93,15 @@ def test_the_peer_and_the_levers_are_listed_when_they_cannot_run(run):
     assert rows["torch.compile + FP8 w8a8 + SageAttention"]["status"] == "unavailable"
 
 
-def test_standard_clips_are_measured_whole_at_both_sizes(run):
+def test_the_standard_clip_is_measured_whole(run):
     out, report, _ = run
-    for name in ("clip_480p_standard", "clip_720p_standard"):
-        clip = report[name]
-        assert clip["status"] == "ok" and clip["measured_whole"], clip
-        assert (clip["mode"], clip["steps"], clip["dit_passes"]) == ("standard", 20, 40)
-        assert clip["clip_s"] > clip["stages_s"]["DiT passes"] > 0 and (out / clip["video"]).stat().st_size > 0
-    assert report["clip_480p_standard"]["size"] != report["clip_720p_standard"]["size"]
-    assert "| clip_480p_standard (standard) |" in (out / "gpu_step.md").read_text()
+    clip = report["clip_480p_standard"]
+    assert clip["status"] == "ok" and clip["measured_whole"], clip
+    assert (clip["mode"], clip["steps"], clip["dit_passes"]) == ("standard", 20, 40)
+    assert clip["clip_s"] > clip["stages_s"]["DiT passes"] > 0 and (out / clip["video"]).stat().st_size > 0
+    table = (out / "gpu_step.md").read_text()
+    assert "| clip_480p_standard (standard) |" in table
+    assert report["clip_720p_standard"]["status"] == "skipped" and "| clip_720p_standard |" in table
 
 
 def test_fast_row_makes_one_pass_per_step_with_a_fused_lora_restored_bit_for_bit(run):

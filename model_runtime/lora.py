@@ -46,7 +46,7 @@ class LoraKey:
 
 @dataclass
 class LoraSlot:
-    """The one LoRA set fused into a warm DiT, and the base tensors it replaced (on the CPU)."""
+    """The one LoRA set fused into a warm DiT, and the base tensors it replaced (on its device where they fit)."""
 
     active: LoraKey | None = None
     tensors: int = 0

@@ -25,9 +25,10 @@ WORKDIR /app
 # pip from resolving some other CUDA build (the same pins as the Makefile and constraints.txt).
 COPY requirements/constraints.txt requirements/constraints.txt
 RUN pip install -c requirements/constraints.txt torch==2.14.1 torchvision==0.29.1
-# The project's dependencies (and the runpod extra) read from pyproject, without the code.
+# The project's dependencies (and the runpod and gpu extras: torchao for S2V_FP8, SageAttention) read from
+# pyproject, without the code.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['runpod']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['runpod'] + p['optional-dependencies']['gpu']))" > /tmp/requirements.txt \
     && pip install -c requirements/constraints.txt -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 

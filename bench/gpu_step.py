@@ -1,6 +1,7 @@
 """Seconds per Wan2.2-S2V-14B denoising step and per clip on one GPU, through DiffSynth's and the runtime's own code.
 
-One run (about 6 minutes on an H100/H200 at the default `--budget-s 330`, which stops adding measurements):
+One run (about 6 minutes on an H100/H200 at the default `--budget-s 330`, which stops adding measurements;
+bench/gpu_step_README.md has the device command):
   1. builds the real-size S2V DiT (DiffSynth's `WanS2VModel` with the config DiffSynth's MODEL_CONFIGS gives the
      published checkpoint) with random bf16 weights made on the GPU: the parameters are created on the meta
      device, as DiffSynth's loader does, then allocated and filled on the GPU (nothing 14B-sized on the CPU);
@@ -10,17 +11,19 @@ One run (about 6 minutes on an H100/H200 at the default `--budget-s 330`, which 
      one pass; median of several steps after a warm-up, CUDA events; effective TFLOP/s, ratio to the floor at a
      bf16 matmul rate measured in the same run, peak VRAM. Rows, in order of value (the budget drops the last):
      DiffSynth's default attention (the baseline); fast mode (one pass per step) with a random rank-64 LoRA over
-     the blocks' linear layers fused by `model_runtime.lora` (fuse and bit-exact restore timed); torch.compile of
-     the 40 blocks (`model_runtime.speed`, the runtime's default on CUDA);
-  3. one whole clip at real size through the product's `generate_video` with random weights for every component
-     (umt5-xxl text encoder, wav2vec2 audio encoder, VAE, DiT): fast mode, 4 steps, the rank-64 LoRA, one segment;
-     seconds per stage (text encoder, audio encoder, VAE encode/decode, DiT passes, the rest), peak VRAM; the
-     standard 20-step CFG clip composed from the same run's fixed part and per-pass time;
-  4. the VAE decoding one continuation segment (39 latent frames at 832x480) tiled (DiffSynth's default) and
-     untiled: seconds and peak VRAM;
-  5. FP8 weights + activations in the blocks (DiffSynth's torchao backend, sm89+; unavailable without torchao);
-  6. the baseline at 1280x720, the other attention kernels (each SDPA backend forced, flash-attn/SageAttention
-     if installed), torch.compile at 720p if it won at 480p; what the machine lacks is listed as unavailable;
+     the blocks' linear layers fused by `model_runtime.lora` (switch and bit-exact restore timed, the replaced
+     tensors kept on the GPU); torch.compile of the 40 blocks (`model_runtime.speed`, the runtime's default on
+     CUDA); SageAttention; FP8 (DiffSynth's torchao backend, sm89+); compile + FP8 + SageAttention; every row on
+     the base weights also gets its accuracy: one DiT pass against the eager torch-SDPA pass (relative L2 error,
+     cosine similarity), the figures `model_runtime.speed_auto` chooses `auto` from;
+  3. the peer: diffusers' WanTransformer3DModel with the same dimensions (a proxy: diffusers 0.42 ships no S2V
+     transformer), same size and GPU, its sage and cuDNN attention backends; unavailable without diffusers;
+  4. whole clips measured whole through the product's `generate_video` at real size with random weights for every
+     component (umt5-xxl, wav2vec2, VAE, DiT), one segment each: 480p fast (4 steps, the rank-64 LoRA), 480p
+     standard (20 steps with guidance), 720p standard; seconds per stage, peak VRAM;
+  5. the VAE decoding one continuation segment (39 latent frames at 832x480) tiled and untiled;
+  6. the baseline at 1280x720, the other attention kernels (each SDPA backend forced, flash-attn 3/2,
+     FlashAttention-4 if installed), torch.compile at 720p if it won at 480p; what the machine lacks is listed;
   7. before all that, one clip through the whole product path (tiny checkpoint, InProcessRuntime with
      S2V_DEVICE=cuda, muxed MP4);
   8. writes gpu_step.md, gpu_step.json, gpu_step.log (and the clips) to `--out`, after every measurement.
@@ -49,6 +52,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 STARTED = time.monotonic()  # the time budget counts the imports too
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # model_runtime.speed_auto's bound, without PYTHONPATH
+from model_runtime.speed_auto import COSINE_BOUND, REL_L2_BOUND  # noqa: E402  (no torch: cheap)
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("gpu_step")
 
@@ -62,10 +67,12 @@ STANDARD_STEPS, FAST_STEPS = 20, 4  # the runtime's modes (model_runtime.request
 LORA_RANK = {"cuda": 64, "cpu": 8}  # LightX2V's Wan LoRAs are rank 64
 # For the budget check of the clip: its fixed part (encoders, VAE, MP4) on top of its DiT passes.
 CLIP_ALLOWANCE_S = {"cuda": 75.0, "cpu": 20.0}
-# Fusing a rank-64 LoRA into the 14B DiT copies ~28 GB of original weights to the CPU; restoring copies them back.
-LORA_ALLOWANCE_S = {"cuda": 40.0, "cpu": 1.0}
+# Switching a rank-64 LoRA in: reading the ~600 MB file, the deltas and the device copies of the replaced tensors
+# (not timed on a GPU yet: the CPU-copy version took 25.3 s + 5.5 s restore on the 2026-11-27 H200).
+LORA_ALLOWANCE_S = {"cuda": 15.0, "cpu": 1.0}
 VAE_ALLOWANCE_S = {"cuda": 40.0, "cpu": 10.0}
 FP8_ALLOWANCE_S = {"cuda": 30.0, "cpu": 0.0}
+PEER_ALLOWANCE_S = {"cuda": 30.0, "cpu": 5.0}  # building the peer's 14B transformer with random weights
 # name: (real width, height), (tiny width, height). The tiny sizes keep the real layout rules (>= 64, /16).
 RESOLUTIONS = {"480p": ((832, 480), (64, 64)), "720p": ((1280, 720), (96, 64))}
 # Added to a torch.compile row's estimate: inductor compiling one DiT-block graph (shared by all 40 blocks).
@@ -176,26 +183,43 @@ def measure_all(torch, args, out: Path, report: dict, dit, model: dict, device, 
                     torch.cuda.empty_cache()
         save(out, report, bench.rows, bench.resolutions)
 
-    # Order = value under the time budget, which drops the last first: the baseline; fast mode with its LoRA;
-    # torch.compile (the runtime's CUDA default); the whole clip; VAE tiling; FP8; 720p; the other kernels.
+    # Order = value under the time budget, which drops the last first: the baseline; fast mode with its LoRA
+    # (the GPU-side switch); torch.compile (the runtime's CUDA default); the two levers (SageAttention, FP8) and
+    # both with compile; the diffusers peer; the whole clips (480p fast, 480p standard); VAE tiling; 720p;
+    # the 720p standard clip; the other kernels.
     measure("480p", settings["default"], args.steps)
     measure("480p", settings["fast"], args.compare_steps)
     measure("480p", settings["compile"], args.compare_steps)
+    if settings["sage"] is not None:
+        measure("480p", settings["sage"], args.compare_steps)
+    measure("480p", settings["fp8"], args.compare_steps)
+    measure("480p", settings["combo"], args.compare_steps)
+    for setting in settings["peers"]:
+        measure("480p", setting, args.compare_steps)
+    bench.drop_peer()
     per_pass = bench.pass_s("480p")
     section("clip", per_pass and CLIP_ALLOWANCE_S[device] + (args.warmup + FAST_STEPS) * per_pass,
             lambda warm: measure_clip(torch, bench, warm, out, work))
+    section("clip_480p_standard", per_pass and CLIP_ALLOWANCE_S[device] + 2 * STANDARD_STEPS * per_pass,
+            lambda warm: measure_clip(torch, bench, warm, out, work, mode="standard"))
     section("vae_decode", VAE_ALLOWANCE_S[device], lambda warm: measure_vae_decode(torch, bench, warm.pipe.vae))
-    warm_model = None  # the text encoder (11 GB), VAE and audio encoder leave the GPU before the next rows
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    measure("480p", settings["fp8"], args.compare_steps)
     eager = [settings["default"], *settings["other"]]
     best = bench.fastest("480p", eager)
     if best is not None:
         measure("720p", best, args.compare_steps)
+    per_pass_720 = bench.pass_s("720p")
+    if args.tiny:  # the same code as the 480p standard clip; CI's two cores are better spent elsewhere
+        report["clip_720p_standard"] = {"status": "skipped", "note": "--tiny: measured on a GPU only"}
+    else:
+        section("clip_720p_standard", per_pass_720 and CLIP_ALLOWANCE_S[device] * 2 + 2 * STANDARD_STEPS * per_pass_720,
+                lambda warm: measure_clip(torch, bench, warm, out, work, mode="standard", resolution="720p"))
+    warm_model = None  # the text encoder (11 GB), VAE and audio encoder leave the GPU before the next rows
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     for setting in settings["other"]:
-        measure("480p", setting, args.compare_steps)
+        if setting != settings["sage"]:
+            measure("480p", setting, args.compare_steps)
     # Only when compiling wins at 480p is it worth its recompile at 720p.
     if bench.fastest("480p", [*eager, settings["compile"]]) == settings["compile"]:
         measure("720p", settings["compile"], args.compare_steps)
@@ -390,10 +414,16 @@ class Setting:
     lora_rank: int = 0  # a random LoRA of this rank fused into the blocks' linear layers while measuring
     fp8: bool = False
     unavailable: str | None = None  # why this machine cannot run it
+    peer_backend: str | None = None  # a diffusers attention backend: the peer's transformer instead of ours
 
 
 SDPA_LABELS = {"sdpa-flash": "flash", "sdpa-cudnn": "cuDNN", "sdpa-efficient": "efficient", "sdpa-math": "math"}
-LIBRARY_LABELS = {"flash-attn-3": "flash-attn 3", "flash-attn-2": "flash-attn 2", "sage": "SageAttention"}
+LIBRARY_LABELS = {"flash-attn-3": "flash-attn 3", "flash-attn-2": "flash-attn 2", "sage": "SageAttention",
+                  "flash-attn-4": "FlashAttention-4"}
+# diffusers attention backends tried for the peer, fastest expected first where installed.
+PEER_BACKENDS = {"sage": "sageattention", "_native_cudnn": None}
+PEER_LABEL = ("diffusers {version} WanTransformer3DModel, {backend} (proxy: Wan 14B dims, no audio/motion; "
+              "0.42 ships no S2V transformer)")
 
 
 def attention_settings(torch, device: str, dtype, head_dim: int) -> dict[str, Setting | list[Setting]]:
@@ -402,7 +432,8 @@ def attention_settings(torch, device: str, dtype, head_dim: int) -> dict[str, Se
 
     from model_runtime import speed
 
-    installed = speed.installed_attention_libraries()
+    libraries = speed.installed_attention_libraries()
+    installed = [name for name in libraries if name in speed.LIBRARY_FLAGS]  # what DiffSynth's auto can take
     probe = [torch.randn(1, 2, 256, head_dim, device=device, dtype=dtype) for _ in range(3)]
     auto_choice = _sdpa_auto_choice(torch, probe)
     default_label = LIBRARY_LABELS[installed[0]] if installed else f"torch SDPA, auto: {auto_choice or '?'}"
@@ -422,15 +453,40 @@ def attention_settings(torch, device: str, dtype, head_dim: int) -> dict[str, Se
         other.append(Setting(f"torch SDPA, {label} forced", attention=choice, unavailable=reason))
     for choice, label in LIBRARY_LABELS.items():
         if label != default_label:
-            other.append(Setting(label, attention=choice, unavailable=None if choice in installed else "not installed"))
+            other.append(Setting(label, attention=choice, unavailable=speed.attention_unavailable(choice)))
     rank = LORA_RANK[device]
+    fp8_reason = speed.fp8_unavailable(device)
+    # The two levers together on top of compile: the candidate for the issue's <= 4.5 s/step goal.
+    sage_reason = speed.attention_unavailable("sage")
     return {
+        "sage": next(s for s in other if s.attention == "sage") if default_label != "SageAttention" else None,
+        "combo": Setting("torch.compile + FP8 w8a8 + SageAttention", attention="sage", compile=True, fp8=True,
+                         unavailable=fp8_reason or (sage_reason and f"SageAttention: {sage_reason}")),
+        "peers": peer_settings(),
         "default": Setting(f"DiffSynth default ({default_label})"),
         "fast": Setting(f"fast mode: 1 pass/step, rank-{rank} LoRA fused", passes=1, lora_rank=rank),
         "compile": Setting("torch.compile blocks + DiffSynth default", compile=True),
-        "fp8": Setting("FP8 w8a8 blocks (torchao) + DiffSynth default", fp8=True, unavailable=speed.fp8_unavailable(device)),
+        "fp8": Setting("FP8 w8a8 blocks (torchao) + DiffSynth default", fp8=True, unavailable=fp8_reason),
         "other": other,
     }
+
+
+def peer_settings() -> list[Setting]:
+    """The diffusers peer's rows: one per attention backend installed here, or one row saying why none runs."""
+    import importlib.util
+
+    try:
+        from importlib.metadata import version
+
+        import diffusers  # noqa: F401  (importable, not just present: its own imports must work)
+
+        label = version("diffusers")
+    except Exception as exc:  # not installed, or broken against this torch
+        return [Setting("diffusers peer (WanTransformer3DModel)", peer_backend="native",
+                        unavailable=f"diffusers not importable ({type(exc).__name__}); carry its wheel")]
+    return [Setting(PEER_LABEL.format(version=label, backend=backend), peer_backend=backend,
+                    unavailable=None if module is None or importlib.util.find_spec(module) else f"{module} not installed")
+            for backend, module in PEER_BACKENDS.items()]
 
 
 def _sdpa_auto_choice(torch, probe) -> str | None:
@@ -463,7 +519,7 @@ def applied(torch, setting: Setting, dit, compile_backend="inductor", lora_file:
             before = probe_param.detach().to("cpu", copy=True)
             tensors, fuse_s = slot.use(dit, str(lora_file), 1.0)
             lora.update(rank=setting.lora_rank, tensors=tensors, fuse_s=round(fuse_s, 3),
-                        file_mib=round(lora_file.stat().st_size / 2**20, 1))
+                        file_mib=round(lora_file.stat().st_size / 2**20, 1), originals_on_cpu=slot.kept_on_cpu)
         if setting.fp8:
             restore_linears = _quantize_fp8_reversibly(torch, dit)
         if setting.compile:
@@ -533,6 +589,10 @@ class Row:
     tflop_per_s: float | None = None
     x_floor: float | None = None
     peak_vram_gib: float | None = None
+    # One DiT pass at the first timestep against the SDPA reference (same weights, inputs, dtype): the output's
+    # relative L2 error and cosine similarity. None where the weights differ (a LoRA) or another model runs.
+    rel_l2: float | None = None
+    cosine: float | None = None
 
 
 class Bench:
@@ -550,6 +610,8 @@ class Bench:
         self._lora_file: Path | None = None
         self._inputs: dict[str, Inputs] = {}
         self._by_setting: dict[tuple[str, Setting], Row] = {}
+        self._reference: dict[str, object] = {}  # resolution: the SDPA reference pass's output
+        self._peer = None
 
     def lora_file(self, rank: int) -> Path:
         """The random LoRA the fast row and the clip use, written once (~600 MB at rank 64: not under --out)."""
@@ -582,7 +644,10 @@ class Bench:
             return row
         log.info("%s %dx%d: %s", resolution, width, height, setting.name)
         try:
-            self._measure(row, resolution, setting, width, height, steps)
+            if setting.peer_backend:
+                self._measure_peer(row, resolution, setting, width, height, steps)
+            else:
+                self._measure(row, resolution, setting, width, height, steps)
             row.status = "ok"
         except self.torch.cuda.OutOfMemoryError:
             row.status, row.note = "failed", "CUDA out of memory"
@@ -617,7 +682,9 @@ class Bench:
         per_pass = self.pass_s(resolution)
         if per_pass is None:
             return None  # the first row is the baseline: it runs whatever the budget says
-        extra = (COMPILE_ALLOWANCE_S[self.device] if setting.compile else 0.0) + (
+        # + the accuracy pass (and the reference pass, once per resolution).
+        extra = 2 * per_pass + (PEER_ALLOWANCE_S[self.device] if setting.peer_backend and self._peer is None else 0.0)
+        extra += (COMPILE_ALLOWANCE_S[self.device] if setting.compile else 0.0) + (
             FP8_ALLOWANCE_S[self.device] if setting.fp8 else 0.0) + (LORA_ALLOWANCE_S[self.device] if setting.lora_rank else 0.0)
         return (self.args.warmup + timed_steps) * per_pass * setting.passes + extra
 
@@ -650,6 +717,8 @@ class Bench:
             index += 1
 
         lora_file = self.lora_file(setting.lora_rank) if setting.lora_rank else None
+        # A LoRA changes the weights: its output is not comparable with the base model's reference.
+        reference = None if setting.lora_rank else self._reference_for(resolution, inputs)
         with torch.no_grad(), applied(torch, setting, self.dit, self.args.compile_backend, lora_file, self.lora):
             started = time.monotonic()
             for i in range(self.args.warmup):
@@ -661,6 +730,8 @@ class Bench:
                     row.note = f"time budget: {len(row.step_s)} of {steps} steps timed"
                     break
                 row.step_s.append(self.clock.time(step))
+            if reference is not None:
+                row.rel_l2, row.cosine = compare_outputs(torch, self._one_pass(inputs), reference)
         info = self.resolutions[resolution]
         share = setting.passes / 2  # the FLOP count and the floor are per CFG step (two passes)
         row.median_step_s = statistics.median(row.step_s)
@@ -668,6 +739,75 @@ class Bench:
         row.x_floor = row.median_step_s / (share * info["floor_s"])
         if self.device == "cuda":
             row.peak_vram_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+    def _one_pass(self, inputs: Inputs):
+        """The conditional DiT pass at the first timestep on the resolution's own inputs (the accuracy probe)."""
+        from diffsynth.pipelines.wan_video import model_fn_wans2v
+
+        timestep = self.scheduler.timesteps[0].unsqueeze(0).to(dtype=self.dtype, device=self.device)
+        with self.torch.no_grad():
+            return model_fn_wans2v(self.dit, latents=inputs.latents, timestep=timestep, context=inputs.context_posi,
+                                   audio_embeds=inputs.audio_posi, motion_latents=inputs.motion_latents,
+                                   s2v_pose_latents=None, drop_motion_frames=False)
+
+    def _reference_for(self, resolution: str, inputs: Inputs):
+        """The reference every accuracy figure is against: eager, base weights, torch SDPA in the run's dtype."""
+        from model_runtime import speed
+
+        if resolution not in self._reference:
+            with speed.attention("sdpa"):
+                self._reference = {resolution: self._one_pass(inputs).float()}  # one resolution's at a time
+        return self._reference[resolution]
+
+    def _measure_peer(self, row: Row, resolution: str, setting: Setting, width: int, height: int, steps: int) -> None:
+        """The diffusers transformer of the same dimensions, two passes per step (CFG), on its own random inputs."""
+        torch = self.torch
+        peer = self.peer_model()
+        generator = torch.Generator(self.device).manual_seed(5)
+        hidden = torch.randn(1, peer.config.in_channels, CLIP_FRAMES // 4 + 1, height // 8, width // 8,
+                             generator=generator, device=self.device, dtype=self.dtype)
+        text = torch.randn(1, TEXT_TOKENS, peer.config.text_dim, generator=generator, device=self.device, dtype=self.dtype)
+        timestep = torch.tensor([999.0], device=self.device)
+        peer.set_attention_backend(setting.peer_backend)
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+        def step():
+            for _ in range(2):
+                peer(hidden_states=hidden, timestep=timestep, encoder_hidden_states=text, return_dict=False)
+
+        with torch.no_grad():
+            started = time.monotonic()
+            for _ in range(self.args.warmup):
+                step()
+            row.warmup_s = round(time.monotonic() - started, 3)
+            row.step_s = [self.clock.time(step) for _ in range(steps)]
+        row.median_step_s = statistics.median(row.step_s)
+        tokens = (CLIP_FRAMES // 4 + 1) * (height // 16) * (width // 16)
+        row.note = f"{tokens:,} tokens (video + reference latent; ours adds the motion tokens)"
+        if self.device == "cuda":
+            row.peak_vram_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+    def peer_model(self):
+        """diffusers' WanTransformer3DModel with our DiT's dimensions and random weights, built once."""
+        if self._peer is None:
+            from diffusers import WanTransformer3DModel
+
+            config = self.model["config"]
+            heads = config["num_heads"]
+            self._peer = random_module(self.torch, lambda: WanTransformer3DModel(
+                patch_size=tuple(config["patch_size"]), num_attention_heads=heads,
+                attention_head_dim=config["dim"] // heads, in_channels=config["in_dim"], out_channels=config["out_dim"],
+                text_dim=config["text_dim"], freq_dim=config["freq_dim"], ffn_dim=config["ffn_dim"],
+                num_layers=config["num_layers"], cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                eps=config.get("eps", 1e-6)), self.device, self.dtype, seed=6)
+        return self._peer
+
+    def drop_peer(self) -> None:
+        self._peer = None
+        gc.collect()
+        if self.device == "cuda":
+            self.torch.cuda.empty_cache()
 
     def _step(self, inputs: Inputs, latents, t, count_for: str | None, passes: int):
         """One denoising step as WanVideoPipeline.__call__ runs it: with CFG (cfg_scale != 1, cfg_merge off) two
@@ -807,24 +947,27 @@ class StageTimer:
             self.torch.cuda.synchronize()
 
 
-def measure_clip(torch, bench: Bench, model, out: Path, work: Path) -> dict:
-    """One fast-mode clip through the product's generate_video at real size: stage times, peak VRAM, and the
-    standard 20-step CFG clip composed from the same run (fixed part + 40 passes + the negative prompt's encoding)."""
+def measure_clip(torch, bench: Bench, model, out: Path, work: Path, mode: str = "fast", resolution: str = "480p") -> dict:
+    """One clip (one segment) measured whole through the product's generate_video at real size: stage times, peak
+    VRAM. Fast mode switches the rank-64 LoRA in (as its runs do) and also composes the standard clip from its
+    fixed part + 40 passes + the negative prompt's encoding, to compare with the standard clip measured whole."""
     from PIL import Image
 
     from model_runtime.generate import generate_video
     from model_runtime.media import fit_image
     from model_runtime.request import GenerationRequest
 
-    width, height = RESOLUTIONS["480p"][1 if bench.args.tiny else 0]
-    image_path = work / "portrait_landscape.png"
-    # The example portrait cropped to the 480p landscape shape: at real size the clip is the step rows' 832x480.
+    width, height = RESOLUTIONS[resolution][1 if bench.args.tiny else 0]
+    image_path = work / f"portrait_landscape_{resolution}.png"
+    # The example portrait cropped to the landscape shape: at real size the clip is the step rows' 832x480 / 1280x720.
     fit_image(Image.open(ROOT / "examples/portrait_anna.jpg").convert("RGB"), width, height).save(image_path)
-    lora = bench.lora_file(LORA_RANK[bench.device])
+    fast = mode == "fast"
+    lora = {"lora": str(bench.lora_file(LORA_RANK[bench.device]))} if fast else {}
     request = GenerationRequest.parse({
-        "image_path": image_path, "audio_path": ROOT / "examples/speech_hello.wav", "mode": "fast", "lora": str(lora),
-        "max_segments": 1, "seed": 0, "resolution": "480p",
+        "image_path": image_path, "audio_path": ROOT / "examples/speech_hello.wav", "mode": mode, **lora,
+        "max_segments": 1, "seed": 0, "resolution": resolution,
     })
+    video = "clip_fast.mp4" if fast and resolution == "480p" else f"clip_{resolution}_{mode}.mp4"
     pipe = model.pipe
     timer = StageTimer(torch, bench.device)
     for owner, attribute, stage in ((pipe, "model_fn", "DiT passes"), (pipe.text_encoder, "forward", "text encoder"),
@@ -834,7 +977,7 @@ def measure_clip(torch, bench: Bench, model, out: Path, work: Path) -> dict:
     if bench.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     try:
-        result = generate_video(model, request, out / "clip_fast.mp4", warm=True)
+        result = generate_video(model, request, out / video, warm=True)
     finally:
         timer.undo()
         model.lora.restore(pipe.dit)  # later rows measure the base weights
@@ -842,20 +985,22 @@ def measure_clip(torch, bench: Bench, model, out: Path, work: Path) -> dict:
     dit_s, passes = timer.seconds.get("DiT passes", 0.0), timer.calls.get("DiT passes", 0)
     pass_s = dit_s / passes
     text_s = timer.seconds.get("text encoder", 0.0) / max(1, timer.calls.get("text encoder", 0))
-    fast_s = result.generation_time - result.lora_switch_s  # the switch happens once per LoRA, not per clip
-    fixed_s = fast_s - dit_s
-    standard_s = fixed_s + text_s + STANDARD_STEPS * 2 * pass_s
+    clip_s = result.generation_time - result.lora_switch_s  # the switch happens once per LoRA, not per clip
     stages = {name: round(seconds, 3) for name, seconds in timer.seconds.items()}
-    stages["rest (scheduler, frames to CPU, glue)"] = round(fast_s - sum(timer.seconds.values()), 3)
-    return {
+    stages["rest (scheduler, frames to CPU, glue)"] = round(clip_s - sum(timer.seconds.values()), 3)
+    measured = {
         "status": "ok", "size": f"{result.width}x{result.height}", "frames": result.frames, "segments": result.segments,
         "first_segment": True, "mode": result.mode, "steps": result.sample_steps, "dit_passes": passes,
-        "lora_rank": LORA_RANK[bench.device], "lora_tensors": result.lora_tensors, "lora_switch_s": result.lora_switch_s,
-        "stages_s": stages, "pass_s": round(pass_s, 5), "fast_clip_s": round(fast_s, 3),
+        "stages_s": stages, "pass_s": round(pass_s, 5), "clip_s": round(clip_s, 3), "measured_whole": True,
         "mp4_and_mux_s": round(result.total_time - result.generation_time - result.queue_time, 3),
-        "standard_clip_estimate_s": round(standard_s, 3), "fast_speedup": round(standard_s / fast_s, 2),
         "peak_vram_gib": peak, "video": result.video_path.name,
     }
+    if not fast:
+        return measured
+    standard_s = clip_s - dit_s + text_s + STANDARD_STEPS * 2 * pass_s
+    return {**measured, "lora_rank": LORA_RANK[bench.device], "lora_tensors": result.lora_tensors,
+            "lora_switch_s": result.lora_switch_s, "fast_clip_s": round(clip_s, 3),
+            "standard_clip_estimate_s": round(standard_s, 3), "fast_speedup": round(standard_s / clip_s, 2)}
 
 
 def measure_vae_decode(torch, bench: Bench, vae) -> list[dict]:
@@ -881,6 +1026,14 @@ def measure_vae_decode(torch, bench: Bench, vae) -> list[dict]:
         log.info("VAE decode: %s", row)
         rows.append(row)
     return rows
+
+
+def compare_outputs(torch, output, reference) -> tuple[float, float]:
+    """(relative L2 error, cosine similarity) of `output` against `reference`, in float32."""
+    out, ref = output.float().flatten(), reference.float().flatten()
+    rel_l2 = float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref))
+    cosine = min(1.0, float(torch.nn.functional.cosine_similarity(out, ref, dim=0)))  # float rounding can pass 1
+    return round(rel_l2, 6), round(cosine, 6)
 
 
 def flop_per_step(block_params: int, layers: int, dim: int, tokens: int) -> float:
@@ -959,7 +1112,8 @@ def render_sections(report: dict) -> list[str]:
     if lora:
         lines += ["", f"LoRA of the fast row (random, rank {lora.get('rank')}, {lora.get('file_mib')} MiB file, "
                       f"{lora.get('tensors')} DiT tensors): fused in {lora.get('fuse_s')} s by model_runtime.lora "
-                      f"(read + deltas + CPU copies of the originals), restored in {lora.get('restore_s')} s, "
+                      f"(read + deltas + copies of the originals on the device; {lora.get('originals_on_cpu')} "
+                      f"went to the CPU), restored in {lora.get('restore_s')} s, "
                       f"bit-exact: {lora.get('restored_bit_exact')}"]
     clip = report.get("clip")
     if clip and clip.get("status") == "ok":
@@ -984,6 +1138,7 @@ def render_sections(report: dict) -> list[str]:
         ]
     elif clip:
         lines += ["", f"Whole clip: {json.dumps(clip)}"]
+    lines += render_whole_clips(report)
     decode = report.get("vae_decode")
     if isinstance(decode, list):
         lines += ["", "| VAE decode of one continuation segment | size | frames | seconds | peak VRAM GiB | status |",
@@ -995,6 +1150,36 @@ def render_sections(report: dict) -> list[str]:
     elif decode:
         lines += ["", f"VAE decode: {json.dumps(decode)}"]
     return lines
+
+
+def render_whole_clips(report: dict) -> list[str]:
+    """Every clip measured whole (one segment each): seconds, stages, peak VRAM."""
+    clips = [(name, report.get(name)) for name in ("clip", "clip_480p_standard", "clip_720p_standard")]
+    lines = ["", "| whole clip, measured whole (one segment) | size | steps x passes | seconds | stages (s) | "
+                 "peak VRAM GiB | status |", "|---|---|---|---|---|---|---|"]
+    for name, clip in clips:
+        if not clip:
+            continue
+        if clip.get("status") != "ok":
+            lines.append(f"| {name} | | | | | | {clip.get('status')}: {clip.get('note') or clip.get('error', '')} |")
+            continue
+        stages = ", ".join(f"{stage} {seconds:.3g}" for stage, seconds in clip["stages_s"].items())
+        lines.append(f"| {name} ({clip['mode']}) | {clip['size']} | {clip['steps']} x {clip['dit_passes'] // clip['steps']} | "
+                     f"{clip['clip_s']:.4g} | {stages} | {_num(clip['peak_vram_gib'])} | ok |")
+    return lines if len(lines) > 3 else []
+
+
+def render_peer(report: dict) -> list[str]:
+    """Our step time over the diffusers peer's, same size, same GPU, same run."""
+    rows = [r for r in report["rows"] if r["status"] == "ok" and r["resolution"] == "480p"]
+    peers = [r for r in rows if r["setting"].startswith("diffusers")]
+    ours = [r for r in rows if not r["setting"].startswith("diffusers") and r["passes"] == 2]
+    if not peers or not ours:
+        return []
+    best_peer, best_ours = min(peers, key=lambda r: r["median_step_s"]), min(ours, key=lambda r: r["median_step_s"])
+    return ["", f"Ours / diffusers (480p CFG step, fastest of each): {best_ours['median_step_s']:.4g} s "
+                f"({best_ours['setting']}) / {best_peer['median_step_s']:.4g} s ({best_peer['setting']}) = "
+                f"{best_ours['median_step_s'] / best_peer['median_step_s']:.3g}"]
 
 
 def render(report: dict) -> str:
@@ -1021,16 +1206,24 @@ def render(report: dict) -> str:
     lines += [
         "",
         "| # | res | setting | passes/step | s/step (median) | steps timed | TFLOP/s | x floor | peak VRAM GiB | "
-        "warm-up s | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "warm-up s | rel L2 vs SDPA | cosine | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, row in enumerate(report["rows"], 1):
         status = row["status"] + (f": {row['note']}" if row["note"] else "")
         lines.append(
             f"| {i} | {row['resolution']} {row['width']}x{row['height']} | {row['setting']} | {row['passes']} | "
             f"{_num(row['median_step_s'], 4)} | {len(row['step_s']) or '-'} | {_num(row['tflop_per_s'])} | "
-            f"{_num(row['x_floor'])} | {_num(row['peak_vram_gib'])} | {_num(row['warmup_s'])} | {status} |"
+            f"{_num(row['x_floor'])} | {_num(row['peak_vram_gib'])} | {_num(row['warmup_s'])} | "
+            f"{_num(row['rel_l2'])} | {_num(row['cosine'], 6)} | {status} |"
         )
+    lines += [
+        "",
+        "Accuracy: one DiT pass (first timestep, conditional) against the eager torch-SDPA pass on the same random "
+        "weights and inputs, in the run's dtype; '-' where the weights differ (a LoRA) or the model is the peer. "
+        f"Bound for S2V_* auto: rel L2 <= {REL_L2_BOUND}, cosine >= {COSINE_BOUND} (model_runtime.speed_auto).",
+    ]
+    lines += render_peer(report)
     lines += render_sections(report)
     check = report["pipeline_check"]
     lines += [

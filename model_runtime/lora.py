@@ -1,10 +1,13 @@
 """LoRA sets on the warm DiT: fused into its weights, one set at a time, switched without a reload.
 
 Fusing (W += strength * scale * up @ down) costs nothing per step, unlike DiffSynth's hot-loading, which
-adds two matmuls to every linear layer and needs its VRAM-management wrappers. DiffSynth's own fuse
-cannot be undone, so the tensors a set changes are copied to the CPU first and copied back to switch:
-the base weights come back bit for bit. Which tensor goes where is model_runtime.lora_match's answer,
-the same one the checks before the model give.
+adds two matmuls to every linear layer and needs its VRAM-management wrappers. A fuse in bf16 rounds, so
+it cannot be undone by subtracting; the tensors a set changes are kept as they were and copied back to
+switch: the base weights come back bit for bit. They are kept on the model's own device while its free
+memory stays above ORIGINALS_RESERVE_BYTES (device-to-device copies: ~28 GB at HBM speed, well under a
+second, against 25 s + 5.5 s through the CPU on the 2026-11-27 H200); only what does not fit goes to the
+CPU. Why not the alternatives: subtracting the delta again is not bit-exact in bf16, and an unfused adapter
+(two extra matmuls per linear layer) costs every step of every clip instead of one switch per LoRA. Which tensor goes where is model_runtime.lora_match's answer, the same one the checks before the model give.
 """
 from __future__ import annotations
 
@@ -23,6 +26,13 @@ from s2v.errors import InputError
 
 log = logging.getLogger(__name__)
 
+# Device memory left free for generating when originals are kept on the GPU (the loaded weights are already
+# out of the free figure): a 720p step's activations, 48.3 GiB peak - 30.4 GiB of weights = 17.9 GiB
+# (bench/results/gpu_step_h200_2026-11-27.md), plus room for the VAE decode and fragmentation. On a 141 GB
+# H200 all ~28 GB of a full rank-64 set stay on the GPU; on an 80 GB H100 about half does, the rest goes
+# through the CPU as before.
+ORIGINALS_RESERVE_BYTES = 22 * 2**30
+
 
 @dataclass(frozen=True)
 class LoraKey:
@@ -36,11 +46,13 @@ class LoraKey:
 
 @dataclass
 class LoraSlot:
-    """The one LoRA set fused into a warm DiT, and the base tensors it replaced (on the CPU)."""
+    """The one LoRA set fused into a warm DiT, and the base tensors it replaced (on its device where they fit)."""
 
     active: LoraKey | None = None
     tensors: int = 0
     originals: dict[str, torch.Tensor] = field(default_factory=dict)
+    reserve_bytes: int = ORIGINALS_RESERVE_BYTES
+    kept_on_cpu: int = 0  # originals of the current set that did not fit on the device
 
     def use(self, dit: torch.nn.Module, path: str, strength: float) -> tuple[int, float]:
         """Make `path` at `strength` (or no LoRA, for "") the fused set.
@@ -59,16 +71,27 @@ class LoraSlot:
             with torch.no_grad():
                 for name, delta in deltas.items():
                     param = params[name]
-                    self.originals[name] = param.detach().to("cpu", copy=True)
-                    param.copy_((param.float() + delta()).to(param.dtype))
+                    self.originals[name] = self.keep_original(param)
+                    param.copy_(fuse_weight(param, delta()))
         except BaseException:  # e.g. out of memory halfway: never leave a half-fused model behind
             self.restore(dit)
             raise
         self.active, self.tensors = wanted, len(deltas)
         seconds = time.perf_counter() - started
         if wanted:
-            log.info("LoRA %s (strength %g) fused into %d DiT tensors in %.2f s", path, strength, len(deltas), seconds)
+            log.info("LoRA %s (strength %g) fused into %d DiT tensors in %.2f s (%d originals kept on the CPU)",
+                     path, strength, len(deltas), seconds, self.kept_on_cpu)
         return self.tensors, seconds
+
+    def keep_original(self, param: torch.Tensor) -> torch.Tensor:
+        """A bit-exact copy of `param`: on its own device while free memory allows, else on the CPU."""
+        if param.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(param.device)
+            if keeps_on_device(free, param.numel() * param.element_size(), self.reserve_bytes):
+                return param.detach().clone()
+        if param.device.type != "cpu":
+            self.kept_on_cpu += 1
+        return param.detach().to("cpu", copy=True)
 
     def restore(self, dit: torch.nn.Module) -> None:
         """Put the base tensors back (bit for bit) and forget the fused set."""
@@ -78,7 +101,17 @@ class LoraSlot:
                 for name, original in self.originals.items():
                     params[name].copy_(original.to(params[name].device))
         self.originals.clear()
-        self.active, self.tensors = None, 0
+        self.active, self.tensors, self.kept_on_cpu = None, 0, 0
+
+
+def keeps_on_device(free_bytes: int, tensor_bytes: int, reserve_bytes: int) -> bool:
+    """Whether a copy of a tensor fits on the device and still leaves `reserve_bytes` free for generating."""
+    return free_bytes - tensor_bytes >= reserve_bytes
+
+
+def fuse_weight(param: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """param + delta, summed in float32 and rounded once to the parameter's dtype."""
+    return (param.float() + delta).to(param.dtype)
 
 
 def _key(path: str, strength: float) -> LoraKey:

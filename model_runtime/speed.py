@@ -22,9 +22,19 @@ LIBRARY_FLAGS = {"flash-attn-3": "FLASH_ATTN_3_AVAILABLE", "flash-attn-2": "FLAS
                  "sage": "SAGE_ATTN_AVAILABLE"}
 SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION",
                  "sdpa-efficient": "EFFICIENT_ATTENTION", "sdpa-math": "MATH"}
+# FlashAttention-4 (CuTe DSL, sm90+) is not one of DiffSynth's branches: it replaces DiffSynth's attention
+# function while chosen. It needs nvidia-cutlass-dsl, too big for the gpu extra and a device run's wheels.
+FLASH_ATTN_4 = "flash-attn-4"
+# What makes each library choice importable, and how to get it.
+LIBRARY_INSTALL = {
+    "flash-attn-3": "flash-attn 3 (flash_attn_interface), built from flash-attention's hopper/ folder",
+    "flash-attn-2": "flash-attn 2: pip install flash-attn",
+    "sage": "SageAttention: pip install sageattention==1.0.6 (the gpu extra: pip install '.[gpu]')",
+    FLASH_ATTN_4: "FlashAttention-4 (flash_attn.cute, sm90+): pip install flash-attn-4",
+}
 # auto: DiffSynth's pick (an installed library, else torch SDPA choosing its own kernel);
 # sdpa: torch SDPA with its own kernel choice even when a library is installed; sdpa-*: one SDPA kernel forced.
-ATTENTION_CHOICES = ("auto", "sdpa", *SDPA_BACKENDS, *LIBRARY_FLAGS)
+ATTENTION_CHOICES = ("auto", "sdpa", *SDPA_BACKENDS, *LIBRARY_FLAGS, FLASH_ATTN_4)
 FP8_METHOD = "torchao_fp8_w8a8"  # DiffSynth's torchao backend: fp8 weights + dynamic fp8 activations
 COMPILE_BACKEND = "inductor"
 COMPILE_RECOMPILE_LIMIT = 64  # one graph per token count: sizes x orientations x first/continuation segment
@@ -40,10 +50,22 @@ class SpeedOptions:
 
 
 def resolve(settings, device: str) -> SpeedOptions:
-    """The options a model on `device` runs with; `auto` compiles on CUDA only (CPU tests stay eager)."""
-    compile_blocks = settings.compile == "on" or (settings.compile == "auto" and device.startswith("cuda"))
-    return SpeedOptions(compile=compile_blocks, attention=settings.attention, fp8=settings.fp8,
-                        vae_tiled=settings.vae_tiled, cuda=device.startswith("cuda"))
+    """The options a model on `device` runs with: each `auto` from model_runtime.speed_auto's measured table for
+    this GPU (today's choice where nothing was measured within the bound: compiled on CUDA, eager on CPU)."""
+    from model_runtime.speed_auto import pick_options
+
+    cuda = device.startswith("cuda")
+    capability = torch.cuda.get_device_capability(device) if cuda and torch.cuda.is_available() else None
+    picked = pick_options(capability, cuda)
+    compile_blocks = settings.compile == "on" or (settings.compile == "auto" and picked.compile)
+    fp8 = settings.fp8 in (True, "on")
+    if settings.fp8 == "auto":
+        fp8 = picked.fp8 and fp8_unavailable(device) is None  # a host without torchao runs bf16, not an error
+    attention = settings.attention
+    if attention == "auto" and attention_unavailable(picked.attention) is None:
+        attention = picked.attention
+    return SpeedOptions(compile=compile_blocks, attention=attention, fp8=fp8,
+                        vae_tiled=settings.vae_tiled, cuda=cuda)
 
 
 # Untiled VAE decode of one 480p segment: 3.2 s against 9.0 s tiled, 3.2 GiB more at peak (bench/gpu_step.py, H200,
@@ -66,25 +88,66 @@ def attention(choice: str):
 
     if choice not in ATTENTION_CHOICES:
         raise ValueError(f"attention {choice!r}: expected one of {', '.join(ATTENTION_CHOICES)}")
+    refusal = attention_unavailable(choice)
+    if refusal:
+        from s2v.errors import ConfigError
+
+        raise ConfigError("S2V_ATTENTION", choice, refusal)
     saved = {flag: getattr(wan_dit, flag) for flag in LIBRARY_FLAGS.values()}
+    saved_function = wan_dit.flash_attention
     try:
         if choice != "auto":
-            if choice in LIBRARY_FLAGS and not saved[LIBRARY_FLAGS[choice]]:
-                raise RuntimeError(f"attention {choice!r} is not installed here")
             for flag in saved:
                 setattr(wan_dit, flag, flag == LIBRARY_FLAGS.get(choice))
+        if choice == FLASH_ATTN_4:
+            # DiTBlock and CrossAttention look the function up in their module at every call.
+            wan_dit.flash_attention = _flash_attn_4
         forced = SDPA_BACKENDS.get(choice)
         with sdpa_kernel(getattr(SDPBackend, forced)) if forced else contextlib.nullcontext():
             yield
     finally:
+        wan_dit.flash_attention = saved_function
         for flag, value in saved.items():
             setattr(wan_dit, flag, value)
 
 
-def installed_attention_libraries() -> list[str]:
-    import diffsynth.models.wan_video_dit as wan_dit
+def attention_unavailable(choice: str) -> str | None:
+    """Why the attention `choice` cannot run here (its library is not importable), or None."""
+    if choice == FLASH_ATTN_4:
+        installed = _importable("flash_attn.cute")
+    elif choice in LIBRARY_FLAGS:
+        import diffsynth.models.wan_video_dit as wan_dit
 
-    return [name for name, flag in LIBRARY_FLAGS.items() if getattr(wan_dit, flag)]
+        installed = bool(getattr(wan_dit, LIBRARY_FLAGS[choice]))
+    else:
+        return None
+    if installed:
+        return None
+    return f"that library is not installed (not importable here): install {LIBRARY_INSTALL[choice]}, or choose auto or sdpa"
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # the parent package is missing
+        return False
+
+
+def _flash_attn_4(q, k, v, num_heads: int, compatibility_mode=False):
+    """DiffSynth's flash_attention signature ((b, s, heads x dim) in and out) over FlashAttention-4."""
+    from flash_attn.cute import flash_attn_func
+
+    def split(x):
+        return x.unflatten(-1, (num_heads, -1))
+
+    out = flash_attn_func(split(q), split(k), split(v))
+    out = out[0] if isinstance(out, tuple) else out  # (out, lse)
+    return out.flatten(-2)
+
+
+def installed_attention_libraries() -> list[str]:
+    """The library choices importable here, DiffSynth's order first (its auto takes the first of those)."""
+    return [name for name in (*LIBRARY_FLAGS, FLASH_ATTN_4) if attention_unavailable(name) is None]
 
 
 def compile_blocks(dit, backend=None) -> None:
@@ -154,10 +217,11 @@ def quantize_fp8(dit) -> int:
 def prepare(loaded, options: SpeedOptions) -> None:
     """Apply the load-time options to a freshly loaded pipeline (FP8, then compiling the blocks)."""
     dit = loaded.pipe.dit
-    if options.attention in LIBRARY_FLAGS and options.attention not in installed_attention_libraries():
+    refusal = attention_unavailable(options.attention)
+    if refusal:
         from s2v.errors import CheckpointError
 
-        raise CheckpointError(f"S2V_ATTENTION={options.attention} but that library is not installed")
+        raise CheckpointError(f"S2V_ATTENTION={options.attention} but {refusal}")
     if options.fp8:
         reason = fp8_unavailable(loaded.device)
         if reason:

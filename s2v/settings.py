@@ -43,11 +43,14 @@ class Settings(BaseSettings):
         "H200); auto: on for CUDA, off on CPU; falls back to eager with a warning if compiling fails",
     )
     attention: Literal[
-        "auto", "sdpa", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math", "flash-attn-3", "flash-attn-2", "sage"
-    ] = Field("auto", description="DiT attention kernel; auto: DiffSynth's pick (torch SDPA's own choice unless a "
-              "flash-attn/SageAttention library is installed)")
-    fp8: bool = Field(False, description="FP8 weights + activations in the DiT blocks (torchao, sm89+); off until "
-                      "measured; LoRAs cannot be fused into FP8 weights")
+        "auto", "sdpa", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math", "flash-attn-3", "flash-attn-2", "sage",
+        "flash-attn-4",
+    ] = Field("auto", description="DiT attention kernel; auto: the fastest measured within the error bound for this "
+              "GPU (model_runtime.speed_auto), else DiffSynth's pick; a library that is not installed is refused")
+    fp8: Literal["auto", "on", "off"] = Field(
+        "auto", description="FP8 weights + activations in the DiT blocks (torchao, sm89+); auto: on only where "
+        "measured faster within the error bound (model_runtime.speed_auto), else off; LoRAs cannot be fused into "
+        "FP8 weights")
     vae_tiled: Literal["auto", "on", "off"] = Field(
         "auto", description="VAE in tiles (less memory, slower; DiffSynth's default); auto: untiled on CUDA up to the "
         "480p area (3.2 vs 9.0 s per segment decode, +3.2 GiB, on an H200), tiled above it (720p untiled not measured) "
@@ -104,6 +107,15 @@ class Settings(BaseSettings):
     presign_seconds: int = Field(7 * 24 * 3600, gt=0)
     gpu_cost_per_hour: float = Field(3.99, ge=0, description="for the batch cost estimate")
     worker_name: str = Field(default_factory=socket.gethostname, description="recorded in the ledger per row")
+
+    @field_validator("fp8", mode="before")
+    @classmethod
+    def _fp8_switch(cls, value: Any) -> Any:
+        # S2V_FP8 was a boolean before auto: true/false (and 1/0) keep meaning on/off.
+        words = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return words.get(str(value).strip().lower(), value)
 
     @field_validator("input_roots", "allowed_hosts", mode="before")
     @classmethod

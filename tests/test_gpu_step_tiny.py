@@ -43,7 +43,7 @@ def run(tmp_path_factory):
     # compile backend 'eager': dynamo's graph capture of the blocks without inductor's C++ build (30 s here).
     proc = subprocess.run(
         [sys.executable, "bench/gpu_step.py", "--tiny", "--compile-backend", "eager", "--out", str(out)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=180,
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "gpu_step.json").read_text()), proc.stdout
@@ -72,6 +72,38 @@ def test_rows_have_positive_step_times_fastest_first(run):
     assert "| # | res | setting |" in stdout
 
 
+def test_every_row_on_the_base_weights_has_its_accuracy_beside_its_speed(run):
+    out, report, _ = run
+    ok = [r for r in report["rows"] if r["status"] == "ok"]
+    compared = [r for r in ok if not r["setting"].startswith("fast mode")]
+    assert compared and all(r["rel_l2"] is not None and r["cosine"] is not None for r in compared)
+    # fp32 on CPU: every SDPA kernel and the eager-backend compile give the reference's output.
+    assert all(r["rel_l2"] < 1e-4 and r["cosine"] > 0.9999 for r in compared)
+    fast = next(r for r in ok if r["setting"].startswith("fast mode"))
+    assert fast["rel_l2"] is None  # its LoRA changes the weights: no common reference
+    assert "| rel L2 vs SDPA | cosine |" in (out / "gpu_step.md").read_text()
+
+
+def test_the_peer_and_the_levers_are_listed_when_they_cannot_run(run):
+    _, report, _ = run
+    rows = {r["setting"]: r for r in report["rows"]}
+    peer = next(r for name, r in rows.items() if name.startswith("diffusers"))
+    assert peer["status"] == "unavailable" and "diffusers not importable" in peer["note"]
+    assert "sageattention==1.0.6" in rows["SageAttention"]["note"]
+    assert rows["torch.compile + FP8 w8a8 + SageAttention"]["status"] == "unavailable"
+
+
+def test_the_standard_clip_is_measured_whole(run):
+    out, report, _ = run
+    clip = report["clip_480p_standard"]
+    assert clip["status"] == "ok" and clip["measured_whole"], clip
+    assert (clip["mode"], clip["steps"], clip["dit_passes"]) == ("standard", 20, 40)
+    assert clip["clip_s"] > clip["stages_s"]["DiT passes"] > 0 and (out / clip["video"]).stat().st_size > 0
+    table = (out / "gpu_step.md").read_text()
+    assert "| clip_480p_standard (standard) |" in table
+    assert report["clip_720p_standard"]["status"] == "skipped" and "| clip_720p_standard |" in table
+
+
 def test_fast_row_makes_one_pass_per_step_with_a_fused_lora_restored_bit_for_bit(run):
     _, report, _ = run
     fast = next(r for r in report["rows"] if r["setting"].startswith("fast mode"))
@@ -80,6 +112,7 @@ def test_fast_row_makes_one_pass_per_step_with_a_fused_lora_restored_bit_for_bit
     lora = report["lora"]
     assert lora["rank"] == 8 and lora["tensors"] == 20  # q, k, v, o of both attentions + 2 FFN layers, x 2 blocks
     assert lora["fuse_s"] > 0 and lora["restored_bit_exact"] is True
+    assert lora["originals_on_cpu"] == 0
 
 
 def test_whole_clip_and_vae_decode_were_measured(run):

@@ -1,11 +1,12 @@
 """What an operator sees of a batch in the Prefect UI, kept current as rows end.
 
-Per run, with keys named after the output (so two outputs never overwrite each other's cards):
-- progress: "k/M ended, f failed";
-- the ledger as a table, one row per manifest row in manifest order;
+Per run, with readable keys in reading order, named after the output (so two outputs never overwrite
+each other's cards; `1-progress-videos-nightly-3fa2`):
+- progress with live counts: "k/M ended: s made, k already made, f failed, w waiting";
+- the ledger as a table, one row per manifest row in manifest order, clip, status, link, error, seconds first;
 - the videos: per row (manifest order) its clip id, status, a picture of it and a link a browser can
   open (presigned or public URL for S3/R2; for a local output the path, which is on the worker);
-- at the end, a summary with the cost estimate and a contact sheet (one frame per clip, its id and status).
+- at the end, a summary with the cost estimate and a contact sheet (flows/contact_sheet.py).
 
 The run's final state tells the truth: Completed only when no row failed; Failed named
 "Partial (f of M failed)" when some did (the UI colours and counts states by type, never by name, so a
@@ -233,7 +234,7 @@ class BatchReport:
 
     def _cost_heading(self) -> str:
         # S2V_GPU_COST_PER_HOUR prices the generation time; on a CPU run there was no GPU to pay for.
-        return "estimated cost (CPU run, at the GPU price)" if self.settings.device == "cpu" else "estimated GPU cost"
+        return "estimated cost (CPU run)" if self.settings.device == "cpu" else "estimated GPU cost"
 
     def _update(self, artifact_id, data: str) -> None:
         from prefect.client.schemas.actions import ArtifactUpdate

@@ -84,6 +84,13 @@ def test_the_local_ui_shows_the_batch_by_name_its_logs_and_its_partial_state(tin
         if saved:
             page(f"/runs/flow-run/{run['id']}", "ledger", name="run-artifacts", click="Artifacts", height=1400)
             page("/dashboard", "Flow Runs", name="dashboard", height=500)
+            cards = httpx.post(f"{api}/artifacts/filter", timeout=10,
+                               json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+            shown = {"ledger": "anna", "videos": "anna", "summary": "estimated cost"}  # text once drawn
+            for card in cards:
+                name = (card["key"] or "-").split("-")[1]
+                if name in shown:
+                    page(f"/artifacts/artifact/{card['id']}", shown[name], name=f"card-{name}", height=1100)
     finally:
         if browser is not None:
             browser.close()

@@ -49,7 +49,7 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
         time.sleep(1)
 
 
-CLICK_SCRIPT = """(() => { const el = [...document.querySelectorAll('button, a, [role=tab]')]
+CLICK_SCRIPT = """(() => { const el = [...document.querySelectorAll('button, a, li, [role=tab]')]
     .find(e => e.innerText && e.innerText.trim() === %s); if (el) { el.click(); return true; } return false; })()"""
 
 

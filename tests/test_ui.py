@@ -78,7 +78,7 @@ def test_the_local_ui_shows_the_batch_by_name_its_logs_and_its_partial_state(tin
         runs = page("/runs", "nightly/2026-11-29.csv · 2 rows", name="runs")
         assert "Can't connect" not in runs
         assert "nightly/2026-11-29.csv · 2 rows" in runs and "Partial (1 of 2 failed)" in runs
-        logs = page(f"/runs/flow-run/{run['id']}", "row 2 (anna) succeeded", name="run-logs")
+        logs = page(f"/runs/flow-run/{run['id']}", "row 2 (anna) succeeded", name="run-logs", height=1500)
         assert "row 2 (anna) started" in logs and "row 2 (anna) succeeded" in logs and "row 3 (broken) failed" in logs
         assert "ended:" in logs  # the batch's summary line
         if saved:

@@ -17,10 +17,12 @@ from pydantic import Field
 
 from flows.context import flow_settings
 from flows.execute import execute_rows
+from flows.form import Internal, options_field, titled
 from flows.kept_manifests import keep_manifest, load_manifest, manifest_id
 from flows.ledger import load_ledger
 from flows.logs import hide_input_error_tracebacks
 from flows.manifest import check_local_files, parse_manifest
+from flows.run_names import manifest_label, name_run
 from model_runtime.request import GenerationOptions
 from s2v.errors import ManifestError
 from s2v.storage.redaction import redact
@@ -34,12 +36,12 @@ RUNNER = ThreadPoolTaskRunner(max_workers=6)
 
 @flow(name="s2v-batch", task_runner=RUNNER, log_prints=False)
 def batch(
-    manifest: str,
-    output: str = "",
-    defaults: GenerationOptions = GenerationOptions(),
-    lookahead: Annotated[int, Field(ge=1, le=16)] = 2,
-    checkpoint: str = "",
-    model_server: str = "",
+    manifest: Annotated[str, titled("Manifest (a path, a URI, or the CSV text pasted here)")],
+    output: Annotated[str, titled("Output (folder or s3://bucket/prefix)")] = "",
+    defaults: Annotated[GenerationOptions, options_field()] = GenerationOptions(),
+    lookahead: Internal[Annotated[int, Field(ge=1, le=16)]] = 2,
+    checkpoint: Internal[str] = "",
+    model_server: Internal[str] = "",
 ) -> State:
     """Every manifest row -> download, audio-encode, generate, upload on this worker; every row ends in the ledger.
 
@@ -49,9 +51,9 @@ def batch(
             "https://cdn.example.com/anna.jpg,https://cdn.example.com/hello.wav,A woman greets the viewer"
         output: local folder or s3://bucket/prefix for the videos and the ledger (empty: S2V_OUTPUT)
         defaults: generation options for the rows that leave them empty
-        lookahead: rows fetched ahead of the one generating (1..16)
-        checkpoint: Wan2.2-S2V checkpoint folder (empty: S2V_CHECKPOINT of the worker)
-        model_server: Unix socket of the warm model server (empty: S2V_MODEL_SERVER of the worker)
+        lookahead: rows fetched ahead of the one generating (1..16; not in the form: `s2v run --lookahead`)
+        checkpoint: Wan2.2-S2V checkpoint folder (empty: S2V_CHECKPOINT of the worker; not in the form)
+        model_server: Unix socket of the warm model server (empty: S2V_MODEL_SERVER of the worker; not in the form)
     """
     hide_input_error_tracebacks()
     settings = flow_settings(output, checkpoint, model_server)
@@ -59,24 +61,25 @@ def batch(
     chosen = defaults.model_dump(mode="json")
     parsed = check_local_files(parse_manifest(text, chosen, settings, manifest_id=manifest_id(text, chosen)), settings)
     name = "pasted manifest" if is_csv_text(manifest) else posixpath.basename(redact(manifest).split("?")[0])
+    name_run(manifest_label(manifest), len(parsed.rows) + len(parsed.invalid))
     keep_manifest(text, chosen, settings.output, settings, name=name)
     return execute_rows(f"batch {name}", parsed.rows, parsed.invalid, settings, lookahead)
 
 
 @flow(name="s2v-retry-failed", task_runner=RUNNER)
 def retry_failed(
-    output: str,
-    lookahead: Annotated[int, Field(ge=1, le=16)] = 2,
-    checkpoint: str = "",
-    model_server: str = "",
+    output: Annotated[str, titled("Output of earlier batches")],
+    lookahead: Internal[Annotated[int, Field(ge=1, le=16)]] = 2,
+    checkpoint: Internal[str] = "",
+    model_server: Internal[str] = "",
 ) -> State:
     """Rerun every row whose latest ledger record failed or was interrupted, from whichever manifest it came.
 
     Args:
         output: the output location of earlier batches (local folder or s3://bucket/prefix): it holds their ledger and manifests
-        lookahead: rows fetched ahead of the one generating (1..16)
-        checkpoint: Wan2.2-S2V checkpoint folder (empty: S2V_CHECKPOINT of the worker)
-        model_server: Unix socket of the warm model server (empty: S2V_MODEL_SERVER of the worker)
+        lookahead: rows fetched ahead of the one generating (1..16; not in the form: `s2v run --lookahead`)
+        checkpoint: Wan2.2-S2V checkpoint folder (empty: S2V_CHECKPOINT of the worker; not in the form)
+        model_server: Unix socket of the warm model server (empty: S2V_MODEL_SERVER of the worker; not in the form)
     """
     hide_input_error_tracebacks()
     logger = get_run_logger()
@@ -100,4 +103,5 @@ def retry_failed(
         if missing:
             logger.warning("%d failed row(s) are no longer in manifest %s: %s", len(missing), kept.id, ", ".join(sorted(missing)))
     # Rows of several manifests in one batch: each record names the manifest its row came from.
+    name_run(f"retry {posixpath.basename(settings.output.rstrip('/')) or settings.output}", len(rows) + len(invalid))
     return execute_rows("retry", sorted(rows, key=lambda r: r.row), invalid, settings, lookahead)

@@ -12,11 +12,11 @@ from typing import Annotated, Literal
 
 from prefect import flow
 from prefect.states import State
-from pydantic import Field
 
 from flows.batch import RUNNER
 from flows.context import flow_settings
 from flows.execute import execute_rows
+from flows.form import Internal, titled
 from flows.kept_manifests import keep_manifest, manifest_id
 from flows.logs import hide_input_error_tracebacks
 from flows.manifest import check_local_files, parse_manifest
@@ -25,26 +25,26 @@ from model_runtime.request import DEFAULT_PROMPT, Size
 
 @flow(name="s2v-clip", task_runner=RUNNER)
 def clip(
-    image: Annotated[str, Field(min_length=1, max_length=4000)],
-    audio: Annotated[str, Field(min_length=1, max_length=4000)],
-    prompt: Annotated[str, Field(max_length=4000)] = DEFAULT_PROMPT,
-    resolution: Literal["480p", "720p"] = "480p",
-    size: Size = "",
-    mode: Literal["standard", "fast"] = "standard",
-    sample_steps: Annotated[int, Field(ge=0, le=50)] = 0,
-    guidance_scale: Annotated[float, Field(ge=0.0, le=20.0)] = 0.0,
-    sample_shift: Annotated[float, Field(ge=0.0, le=20.0)] = 0.0,
-    seed: Annotated[int, Field(ge=-1, le=2**32 - 1)] = -1,
-    negative_prompt: Annotated[str, Field(max_length=4000)] = "",
-    lora: Annotated[str, Field(max_length=4000)] = "",
-    lora_strength: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0,
-    pose_video: Annotated[str, Field(max_length=4000)] = "",
-    max_segments: Annotated[int, Field(ge=0, le=1000)] = 0,
-    start_from_ref: bool = False,
-    clip_id: str = "",
-    output: str = "",
-    checkpoint: str = "",
-    model_server: str = "",
+    image: Annotated[str, titled("Image", min_length=1, max_length=4000)],
+    audio: Annotated[str, titled("Audio", min_length=1, max_length=4000)],
+    prompt: Annotated[str, titled("Prompt", max_length=4000)] = DEFAULT_PROMPT,
+    resolution: Annotated[Literal["480p", "720p"], titled("Resolution")] = "480p",
+    size: Annotated[Size, titled("Size")] = "",
+    mode: Annotated[Literal["standard", "fast"], titled("Mode")] = "standard",
+    sample_steps: Annotated[int, titled("Sample steps", ge=0, le=50)] = 0,
+    guidance_scale: Annotated[float, titled("Guidance scale", ge=0.0, le=20.0)] = 0.0,
+    sample_shift: Annotated[float, titled("Sample shift", ge=0.0, le=20.0)] = 0.0,
+    seed: Annotated[int, titled("Seed", ge=-1, le=2**32 - 1)] = -1,
+    negative_prompt: Annotated[str, titled("Negative prompt", max_length=4000)] = "",
+    lora: Annotated[str, titled("LoRA", max_length=4000)] = "",
+    lora_strength: Annotated[float, titled("LoRA strength", ge=0.0, le=4.0)] = 1.0,
+    pose_video: Annotated[str, titled("Pose video", max_length=4000)] = "",
+    max_segments: Annotated[int, titled("Max segments", ge=0, le=1000)] = 0,
+    start_from_ref: Annotated[bool, titled("Start from the portrait")] = False,
+    clip_id: Annotated[str, titled("Clip id")] = "",
+    output: Annotated[str, titled("Output")] = "",
+    checkpoint: Internal[str] = "",
+    model_server: Internal[str] = "",
 ) -> State:
     """One clip from a portrait and a speech recording.
 
@@ -61,14 +61,14 @@ def clip(
         seed: fixed seed for a repeatable clip, 0..4294967295; -1: random (the ledger records the one used)
         negative_prompt: what to avoid (standard mode only)
         lora: a LoRA (.safetensors) URL, e.g. a step-distilled "Lightning" LoRA for fast mode (empty: none)
-        lora_strength: how strongly the LoRA applies, 0..2
+        lora_strength: how strongly the LoRA applies, 0..4
         pose_video: a DWPose video URL that drives the body (empty: none)
         max_segments: make only the first N 5-second segments, a cheap preview of a long speech (0: all)
         start_from_ref: the portrait itself is the video's first frame
         clip_id: name of the clip and its video (empty: derived from its content)
         output: local folder or s3://bucket/prefix for the video and the ledger (empty: S2V_OUTPUT of the worker)
-        checkpoint: Wan2.2-S2V checkpoint folder (empty: S2V_CHECKPOINT of the worker)
-        model_server: Unix socket of the warm model server (empty: S2V_MODEL_SERVER of the worker)
+        checkpoint: Wan2.2-S2V checkpoint folder (empty: S2V_CHECKPOINT of the worker; not in the form)
+        model_server: Unix socket of the warm model server (empty: S2V_MODEL_SERVER of the worker; not in the form)
     """
     hide_input_error_tracebacks()
     settings = flow_settings(output, checkpoint, model_server)

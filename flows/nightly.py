@@ -14,6 +14,7 @@ from pydantic import Field
 
 from flows.context import flow_settings
 from flows.fleet import ROW_DEPLOYMENT, FleetLimits
+from flows.form import Internal, options_field, titled
 from flows.inbox import Inbox
 from flows.logs import hide_input_error_tracebacks
 from flows.scale_out import run_on_fleet
@@ -26,14 +27,14 @@ from tasks.manifest import read_inbox_manifest
 
 @flow(name="s2v-nightly")
 def nightly(
-    inbox: str,
-    output: str = "",
-    defaults: GenerationOptions = GenerationOptions(),
-    max_wait_hours: Annotated[float, Field(gt=0, le=72)] = 12.0,
-    checkpoint: str = "",
-    model_server: str = "",
-    row_deployment: str = ROW_DEPLOYMENT,
-    shards: Annotated[int, Field(ge=0, le=64)] = 0,
+    inbox: Annotated[str, titled("Inbox (folder or s3:// prefix of waiting manifests)")],
+    output: Annotated[str, titled("Output (root folder or s3://bucket/prefix)")] = "",
+    defaults: Annotated[GenerationOptions, options_field()] = GenerationOptions(),
+    max_wait_hours: Annotated[float, titled("Hours to wait at most, per manifest", gt=0, le=72)] = 12.0,
+    checkpoint: Internal[str] = "",
+    model_server: Internal[str] = "",
+    row_deployment: Internal[str] = ROW_DEPLOYMENT,
+    shards: Internal[Annotated[int, Field(ge=0, le=64)]] = 0,
 ) -> list[dict]:
     """Run each waiting manifest on the GPU fleet, then move it to done/ (or failed/) so it never runs twice.
 

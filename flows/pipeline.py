@@ -118,6 +118,7 @@ def run_rows(
     def top_up() -> None:
         while waiting and len(downloads) < lookahead:
             row = waiting.popleft()
+            logger.info("row %s (%s) started: fetching its inputs", row.row, row.clip_id)
             run = RowRun(row, work_dir / "rows" / f"{row.clip_id}-{uuid.uuid4().hex[:8]}")
             downloads.append((run, download_inputs.submit(
                 row.image, row.audio, work_dir=run.work, settings=settings, lora=row.lora, pose_video=row.pose_video)))

@@ -1,22 +1,24 @@
 """What an operator sees of a batch in the Prefect UI, kept current as rows end.
 
-Per run, with keys named after the output (so two outputs never overwrite each other's cards):
-- progress: "k/M ended, f failed";
-- the ledger as a table, one row per manifest row in manifest order;
+Per run, with readable keys in reading order, named after the output (so two outputs never overwrite
+each other's cards; `1-progress-videos-nightly-3fa2`):
+- progress with live counts: "k/M ended: s made, k already made, f failed, w waiting";
+- the ledger as a table, one row per manifest row in manifest order, clip, status, link, error, seconds first;
 - the videos: per row (manifest order) its clip id, status, a picture of it and a link a browser can
   open (presigned or public URL for S3/R2; for a local output the path, which is on the worker);
-- at the end, a summary with the cost estimate and a contact sheet (one frame per clip, its id and status).
+- at the end, a summary with the cost estimate and a contact sheet (flows/contact_sheet.py).
 
-The run's final state tells the truth: Failed when every row failed, else Completed, named
-"Completed (f of M failed)" when some did.
+The run's final state tells the truth: Completed only when no row failed; Failed named
+"Partial (f of M failed)" when some did (the UI colours and counts states by type, never by name, so a
+Completed named anything is a green success in the runs list and the dashboard); Failed when all did.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import logging
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -32,24 +34,34 @@ from flows.ledger import LedgerRecord
 from s2v.errors import BatchFailed
 from s2v.quality.fields import qc_flag_text
 from s2v.settings import Settings
-from s2v.storage.outputs import filesystem, put_output
+from flows.contact_sheet import THUMB_WIDTH, contact_sheet, picture_source
+from s2v.storage.outputs import put_output
 
 log = logging.getLogger(__name__)
 
+# (heading, ledger field): what a person looks for first leads, so it fits the screen; the rest follows.
 TABLE_COLUMNS = (
-    "row", "clip_id", "status", "error", "qc_flags", "qc_portrait", "url", "generation_time", "total_time", "duration",
-    "width", "height", "video_size_mb", "warm_model", "tiny_checkpoint", "resolution", "size", "mode", "sample_steps",
-    "seed", "attempts", "worker",
+    ("clip", "clip_id"), ("status", "status"), ("link", "url"), ("error", "error"), ("seconds", "total_time"),
+    ("row", "row"), ("flagged", "qc_flags"), ("portrait check", "qc_portrait"), ("generation s", "generation_time"),
+    ("video s", "duration"), ("width", "width"), ("height", "height"), ("MB", "video_size_mb"),
+    ("warm model", "warm_model"), ("tiny checkpoint", "tiny_checkpoint"), ("resolution", "resolution"), ("size", "size"),
+    ("mode", "mode"), ("steps", "sample_steps"), ("seed", "seed"), ("attempts", "attempts"), ("worker", "worker"),
 )
-THUMB_WIDTH = 240
 INLINE_SHEET_CLIPS = 48  # a picture inlined into a card stays a few hundred KB
 TINY_NOTE = ("**Made with the tiny random-weight test checkpoint: these videos are coloured noise.** "
              "Set S2V_CHECKPOINT to the Wan2.2-S2V-14B folder for real videos.")
 
 
+CARDS = ("progress", "ledger", "videos", "summary")  # the order a person reads them in
+
+
 def artifact_key(output: str, name: str) -> str:
-    """Artifact keys allow lower-case letters, digits and dashes; one set of cards per output."""
-    return f"s2v-{hashlib.sha256(output.encode()).hexdigest()[:10]}-{name}"
+    """A readable key (lower-case letters, digits and dashes): the card's place and name, then the output's
+    last two path parts and 4 hex of its whole URI, so two outputs never share cards; e.g.
+    `2-ledger-videos-nightly-3fa2`."""
+    tail = re.sub(r"[^a-z0-9]+", "-", "/".join(output.rstrip("/").split("/")[-2:]).lower()).strip("-")[-40:]
+    digest = hashlib.sha256(output.encode()).hexdigest()[:4]
+    return f"{CARDS.index(name) + 1}-{name}-{tail.strip('-') or 'output'}-{digest}"
 
 
 def summarize(records: Sequence[dict], gpu_cost_per_hour: float) -> dict:
@@ -68,15 +80,15 @@ def summarize(records: Sequence[dict], gpu_cost_per_hour: float) -> dict:
 
 
 def final_state(summary: dict, title: str) -> State:
-    """Failed when every row failed; Completed named "Completed (f of M failed)" when some did."""
+    """Failed when every row failed; Failed named "Partial (f of M failed)" when some did; else Completed."""
     failed = summary["failed"] + summary["interrupted"]
     rows = summary["rows"]
     if rows and failed == rows:
         message = f"{title}: all {rows} row(s) failed"
         return Failed(message=message, data=BatchFailed(message, summary))
     if failed:
-        return Completed(message=f"{title}: {failed} of {rows} row(s) failed", name=f"Completed ({failed} of {rows} failed)",
-                         data=summary)
+        message = f"{title}: {failed} of {rows} row(s) failed, {summary['succeeded'] + summary['skipped']} made or kept"
+        return Failed(message=message, name=f"Partial ({failed} of {rows} failed)", data=BatchFailed(message, summary))
     return Completed(message=f"{title}: {summary['succeeded']} succeeded, {summary['skipped']} skipped", data=summary)
 
 
@@ -109,7 +121,7 @@ class BatchReport:
         if record.clip_id not in self.order:
             self.order.append(record.clip_id)
         self.records[record.clip_id] = data
-        picture = _picture_source(record, self.settings)
+        picture = picture_source(record, self.settings)
         if picture:
             self.pictures[record.clip_id] = picture
         if publish:
@@ -155,20 +167,26 @@ class BatchReport:
 
     # ---- rendering ---------------------------------------------------------------------------------
 
+    def _counts_text(self) -> str:
+        """Live counts, for the cards a person reads while the batch runs."""
+        statuses = Counter(self.records[c]["status"] for c in self.order if c in self.records)
+        failed = statuses["failed"] + statuses["interrupted"]
+        waiting = len(self.order) - sum(statuses.values())
+        return (f"{sum(statuses.values())}/{len(self.order)} ended: {statuses['succeeded']} made, "
+                f"{statuses['skipped']} already made, {failed} failed, {waiting} waiting")
+
     def _progress_text(self) -> str:
-        ended = [self.records[c] for c in self.order if c in self.records]
-        failed = sum(1 for r in ended if r["status"] in ("failed", "interrupted"))
-        return f"{self.title}: {len(ended)}/{len(self.order)} ended, {failed} failed"
+        return f"{self.title}: {self._counts_text()}"
 
     def _table(self) -> list[dict[str, Any]]:
         rows = []
         for clip_id in self.order:
             record = self.records.get(clip_id, {"clip_id": clip_id, "status": "waiting"})
-            rows.append({column: record.get(column) for column in TABLE_COLUMNS})
+            rows.append({heading: record.get(field) for heading, field in TABLE_COLUMNS})
         return rows
 
     def _videos_markdown(self) -> str:
-        lines = [f"## {self.title}: videos", ""]
+        lines = [f"## {self.title}: videos", "", f"**{self._counts_text()}**", ""]
         if any(r.get("tiny_checkpoint") for r in self.records.values()):
             lines += [TINY_NOTE, ""]
         local = not self.output.startswith("s3://")
@@ -198,7 +216,7 @@ class BatchReport:
         lines = [
             f"## {self.title}",
             "",
-            "| rows | succeeded | failed | skipped | generation time | estimated GPU cost |",
+            f"| rows | succeeded | failed | skipped | generation time | {self._cost_heading()} |",
             "|---|---|---|---|---|---|",
             f"| {summary['rows']} | {summary['succeeded']} | {failed} | {summary['skipped']} "
             f"| {summary['generation_s']:.1f} s | ${summary['estimated_cost_usd']:.4f} at ${self.gpu_cost_per_hour:.2f}/h |",
@@ -214,67 +232,14 @@ class BatchReport:
             lines += ["", f"![contact sheet]({sheet})"]
         return "\n".join(lines)
 
+    def _cost_heading(self) -> str:
+        # S2V_GPU_COST_PER_HOUR prices the generation time; on a CPU run there was no GPU to pay for.
+        return "estimated cost (CPU run)" if self.settings.device == "cpu" else "estimated GPU cost"
+
     def _update(self, artifact_id, data: str) -> None:
         from prefect.client.schemas.actions import ArtifactUpdate
 
         self._client.update_artifact(artifact_id=artifact_id, artifact=ArtifactUpdate(data=data))
-
-
-def contact_sheet(records: Sequence[dict], settings: Settings, columns: int = 4) -> bytes:
-    """A JPEG with one frame per clip (its poster) labelled with its clip id and status."""
-    from PIL import Image, ImageDraw
-
-    tile_w, tile_h, label_h = THUMB_WIDTH, THUMB_WIDTH * 3 // 4, 34
-    rows = -(-len(records) // columns)
-    sheet = Image.new("RGB", (tile_w * min(columns, len(records)), (tile_h + label_h) * rows), "white")
-    draw = ImageDraw.Draw(sheet)
-    for n, record in enumerate(records):
-        x, y = (n % columns) * tile_w, (n // columns) * (tile_h + label_h)
-        poster = _poster_bytes(record, settings)
-        if poster is not None:
-            with Image.open(io.BytesIO(poster)) as image:
-                image.thumbnail((tile_w - 8, tile_h - 8))
-                sheet.paste(image, (x + (tile_w - image.width) // 2, y + (tile_h - image.height) // 2))
-        else:
-            draw.rectangle((x + 4, y + 4, x + tile_w - 4, y + tile_h - 4), fill=(200, 200, 200))
-        colour = {"succeeded": (0, 110, 0), "skipped": (0, 80, 160)}.get(record["status"], (170, 0, 0))
-        draw.text((x + 6, y + tile_h + 2), record["clip_id"][:34], fill="black")
-        draw.text((x + 6, y + tile_h + 17), record["status"], fill=colour)
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
-
-
-def _picture_source(record: LedgerRecord, settings: Settings) -> str | None:
-    """Where the UI can load the row's picture: its poster's URL, or the poster itself inlined."""
-    if record.poster_url and record.poster_url.startswith(("http://", "https://")):
-        return record.poster_url
-    poster = _poster_bytes(record.model_dump(), settings)
-    if poster is None:
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(_thumbnail(poster)).decode()
-
-
-def _poster_bytes(record: dict, settings: Settings) -> bytes | None:
-    """The row's poster, read where it is stored beside its video; None when it has none."""
-    video = record.get("output_uri")
-    if not video or "." not in video or record["status"] not in ("succeeded", "skipped"):
-        return None
-    fs, path = filesystem(f"{video.rsplit('.', 1)[0]}.poster.jpg", settings)
-    try:
-        return fs.cat_file(path)
-    except Exception:  # no poster (older videos), or storage trouble: the card shows the rest
-        return None
-
-
-def _thumbnail(data: bytes) -> bytes:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        image.thumbnail((THUMB_WIDTH, THUMB_WIDTH))
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="JPEG", quality=80)
-    return buffer.getvalue()
 
 
 def _one_line(text: str, limit: int = 300) -> str:

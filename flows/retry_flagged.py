@@ -19,6 +19,7 @@ from pydantic import Field
 from flows.batch import RUNNER
 from flows.context import flow_settings
 from flows.execute import execute_rows
+from flows.form import Internal, titled
 from flows.kept_manifests import load_manifest
 from flows.ledger import LedgerRecord, load_ledger
 from flows.logs import hide_input_error_tracebacks
@@ -29,18 +30,18 @@ from s2v.settings import Settings
 
 @flow(name="s2v-retry-flagged", task_runner=RUNNER)
 def retry_flagged(
-    output: str,
-    lookahead: Annotated[int, Field(ge=1, le=16)] = 2,
-    checkpoint: str = "",
-    model_server: str = "",
+    output: Annotated[str, titled("Output of earlier batches")],
+    lookahead: Internal[Annotated[int, Field(ge=1, le=16)]] = 2,
+    checkpoint: Internal[str] = "",
+    model_server: Internal[str] = "",
 ) -> State:
     """Remake, each with a new seed, every clip whose latest video the clip check flagged.
 
     Args:
         output: the output location of earlier batches (local folder or s3://bucket/prefix)
-        lookahead: rows fetched ahead of the one generating (1..16)
-        checkpoint: Wan2.2-S2V checkpoint folder (empty: S2V_CHECKPOINT of the worker)
-        model_server: Unix socket of the warm model server (empty: S2V_MODEL_SERVER of the worker)
+        lookahead: rows fetched ahead of the one generating (1..16; not in the form: `s2v run --lookahead`)
+        checkpoint: Wan2.2-S2V checkpoint folder (empty: S2V_CHECKPOINT of the worker; not in the form)
+        model_server: Unix socket of the warm model server (empty: S2V_MODEL_SERVER of the worker; not in the form)
     """
     hide_input_error_tracebacks()
     settings = flow_settings(output, checkpoint, model_server)

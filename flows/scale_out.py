@@ -13,10 +13,12 @@ from pydantic import Field
 
 from flows.context import flow_settings
 from flows.fleet import ROW_DEPLOYMENT, FleetLimits, hand_out
+from flows.form import Internal, options_field, titled
 from flows.kept_manifests import keep_manifest, manifest_id
 from flows.ledger import LedgerStore
 from flows.logs import hide_input_error_tracebacks
 from flows.manifest import parse_manifest
+from flows.run_names import manifest_label, name_run
 from flows.report import BatchReport, final_state
 from model_runtime.request import GenerationOptions
 from s2v.settings import Settings
@@ -26,13 +28,16 @@ from tasks.manifest import fetch_manifest
 
 
 def run_on_fleet(title: str, text: str, name: str, defaults: GenerationOptions, settings: Settings,
-                 limits: FleetLimits, checkpoint: str, model_server: str, row_deployment: str) -> State:
+                 limits: FleetLimits, checkpoint: str, model_server: str, row_deployment: str,
+                 label: str = "") -> State:
     """Parse and keep the manifest, hand its rows to the GPU pool, wait, report; the run's final state."""
     chosen = defaults.model_dump(mode="json")
     # Local files are checked by each row's run, on the GPU host that reads them.
     parsed = parse_manifest(text, chosen, settings, manifest_id=manifest_id(text, chosen))
     keep_manifest(text, chosen, settings.output, settings, name=name)
     order = sorted([*parsed.rows, *parsed.invalid], key=lambda row: row.row)
+    if label:  # a nightly run holds many manifests: only scale-out is named after its one
+        name_run(label, len(order))
     report = BatchReport(title, [row.clip_id for row in order], settings)
     records = hand_out(parsed.rows, parsed.invalid, settings, row_deployment=row_deployment, limits=limits,
                        checkpoint=checkpoint, model_server=model_server, tags=["s2v", name],
@@ -49,14 +54,14 @@ def run_on_fleet(title: str, text: str, name: str, defaults: GenerationOptions, 
 
 @flow(name="s2v-scale-out")
 def scale_out(
-    manifest: str,
-    output: str = "",
-    defaults: GenerationOptions = GenerationOptions(),
-    max_wait_hours: Annotated[float, Field(gt=0, le=72)] = 12.0,
-    checkpoint: str = "",
-    model_server: str = "",
-    row_deployment: str = ROW_DEPLOYMENT,
-    shards: Annotated[int, Field(ge=0, le=64)] = 0,
+    manifest: Annotated[str, titled("Manifest (a path, a URI, or the CSV text pasted here)")],
+    output: Annotated[str, titled("Output (folder or s3://bucket/prefix)")] = "",
+    defaults: Annotated[GenerationOptions, options_field()] = GenerationOptions(),
+    max_wait_hours: Annotated[float, titled("Hours to wait at most", gt=0, le=72)] = 12.0,
+    checkpoint: Internal[str] = "",
+    model_server: Internal[str] = "",
+    row_deployment: Internal[str] = ROW_DEPLOYMENT,
+    shards: Internal[Annotated[int, Field(ge=0, le=64)]] = 0,
 ) -> State:
     """Spread one manifest over the GPU pool: every row a run of the row deployment, taken as workers free up.
 
@@ -75,4 +80,5 @@ def scale_out(
     text = fetch_manifest(manifest, settings)
     name = "pasted manifest" if is_csv_text(manifest) else posixpath.basename(redact(manifest).split("?")[0])
     return run_on_fleet(f"scale-out {name}", text, name, defaults, settings,
-                        FleetLimits(max_wait_s=max_wait_hours * 3600), checkpoint, model_server, row_deployment)
+                        FleetLimits(max_wait_s=max_wait_hours * 3600), checkpoint, model_server, row_deployment,
+                        label=manifest_label(manifest))

@@ -4,9 +4,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 
 from s2v.errors import InputError
 
@@ -65,10 +65,29 @@ MODES: dict[str, ModeDefaults] = {
 }
 
 
+class _EmptyIsDefault:
+    """`_EmptyIsDefault[int | None, schema]`: None (the default) in Python, a plain number field in a form.
+
+    A form generated from `int | None` shows a type switch ("Property is type None"); this schema is the
+    number alone, and a field left empty is left out, so the default (None) applies.
+    """
+
+    def __class_getitem__(cls, args):
+        kind, schema = args
+        return Annotated[kind, WithJsonSchema(schema)]
+
+
+def _no_null_defaults(schema: dict) -> None:
+    """A form prefills a field's default: a null one would be sent as null and refused as "not an integer"."""
+    for field in schema.get("properties", {}).values():
+        if "default" in field and field["default"] is None:
+            del field["default"]
+
+
 class GenerationOptions(BaseModel):
     """What a person chooses about a clip besides its inputs; the Prefect UI renders it as a form."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=lambda schema: _no_null_defaults(schema))
 
     prompt: str = Field(DEFAULT_PROMPT, max_length=4000, description="what the video shows")
     negative_prompt: str = Field(
@@ -83,21 +102,23 @@ class GenerationOptions(BaseModel):
         "standard", description="standard: 20 steps with guidance; fast: 4 steps, no guidance pass, shift 5 "
         "(needs a step-distilled LoRA such as LightX2V's; faster, less detail and motion)"
     )
-    sample_steps: int | None = Field(
+    sample_steps: _EmptyIsDefault[int | None, {"type": "integer", "minimum": 2, "maximum": 50}] = Field(
         None, ge=2, le=50, description="denoising steps; empty: 20 (standard) or 4 (fast); below 15 only with a LoRA"
     )
-    sample_shift: float | None = Field(
+    sample_shift: _EmptyIsDefault[float | None, {"type": "number", "minimum": 1.0, "maximum": 20.0}] = Field(
         None, ge=1.0, le=20.0, description="noise schedule shift; empty: the preset's (480p 3, 720p 5, sizes 3) "
         "or 5 in fast mode"
     )
-    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="fixed seed for a repeatable clip")
-    guidance_scale: float | None = Field(
+    seed: _EmptyIsDefault[int | None, {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}] = Field(
+        None, ge=0, le=2**32 - 1, description="fixed seed for a repeatable clip; empty: random (the ledger records it)"
+    )
+    guidance_scale: _EmptyIsDefault[float | None, {"type": "number", "minimum": 1.0, "maximum": 20.0}] = Field(
         None, ge=1.0, le=20.0, description="classifier-free guidance strength; empty: 4.5 (standard) or 1 (fast); "
         "1 skips the negative pass"
     )
     lora: str = Field("", max_length=4096, description="LoRA .safetensors file for the DiT; empty: none")
     lora_strength: float = Field(1.0, ge=0.0, le=4.0, description="how strongly the LoRA is applied")
-    max_segments: int | None = Field(
+    max_segments: _EmptyIsDefault[int | None, {"type": "integer", "minimum": 1}] = Field(
         None, ge=1, description="preview: make only the first N 80-frame segments (5 s each); empty: all"
     )
     start_from_ref: bool = Field(False, description="start the video on the reference image itself")

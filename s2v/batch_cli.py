@@ -75,13 +75,16 @@ def _report_flagged(settings: Settings, console) -> int:
 def _prepare_prefect(settings: Settings, verbose: bool, console) -> None:
     for name, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    # Rows and the summary are shown by the progress bar and table; Prefect's own INFO lines would
-    # interleave with them. --verbose brings them back.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    # INFO for the loggers, so the run's logs in the UI say what happened (row made, failed; the summary)
+    # whatever the terminal shows.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     if not verbose:
-        # The terminal shows the product's own lines (bar, summary, one error line); Prefect's warnings
-        # and errors still reach its API and UI, and the terminal with -v.
+        # The terminal shows the product's own lines (bar, summary, one error line); Prefect's log lines
+        # would interleave with them: only the console handlers are quieted, the API handler sends all.
+        # --verbose brings them back.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "CRITICAL")
     if not os.environ.get("PREFECT_API_URL"):
         from s2v.local_api import ensure_local_api
 

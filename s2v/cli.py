@@ -185,6 +185,28 @@ def check(
     raise typer.Exit(1 if bad else 0)
 
 
+@app.command()
+def ui(
+    open_browser: bool = typer.Option(True, "--open/--no-open", help="open it in a browser when this machine has a desktop"),
+) -> None:
+    """The address of the Prefect UI of this machine's local API (started if it is not running): runs, logs, cards."""
+    import os
+    import sys
+    import webbrowser
+
+    from s2v.local_api import ensure_local_api
+
+    try:  # the same API `s2v run` uses: PREFECT_API_URL's server when set, else the local one
+        api = os.environ.get("PREFECT_API_URL") or ensure_local_api(_settings())
+        url = os.environ.get("PREFECT_UI_URL") or api.rstrip("/").removesuffix("/api")
+    except S2VError as exc:
+        _fail(exc)
+    typer.echo(url)
+    # webbrowser would fall back to a text browser in a terminal without a desktop; only a desktop opens it.
+    if open_browser and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin"):
+        webbrowser.open(url)
+
+
 @app.command("local-api")
 def local_api(
     action: str = typer.Argument("status", help="status or stop"),

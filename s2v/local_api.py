@@ -82,6 +82,10 @@ def _start(home: Path) -> str:
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # telemetry writes caused "database is locked" noise
         "PREFECT_LOGGING_LEVEL": "WARNING",
+        # The UI pages are served on this port; without these they call 127.0.0.1:4200 and show
+        # "Can't connect to Server API".
+        "PREFECT_UI_API_URL": url,
+        "PREFECT_UI_URL": url.removesuffix("/api"),
     }
     env.pop("PREFECT_API_URL", None)
     log = os.open(home / "api.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

@@ -56,9 +56,10 @@ def test_mixed_manifest_ends_every_row_in_the_ledger(prefect_harness, env, tmp_p
     )
     out = tmp_path / "out"
     state = batch(manifest=manifest, output=str(out), return_state=True)
-    summary = state.result()
-    # Some rows failed: the run says so in its name, where the runs list shows it.
-    assert state.type == StateType.COMPLETED and state.name == "Completed (4 of 6 failed)"
+    summary = _summary(state)
+    # Some rows failed: the run is Failed (red in the runs list, a failure on the dashboard) and named so.
+    assert state.type == StateType.FAILED and state.name == "Partial (4 of 6 failed)"
+    assert "4 of 6 row(s) failed" in state.message
     latest = _ledger(out).latest()
     assert set(latest) == {"good-local", "good-http", "bad-steps", "no-image", "bad-audio", "gone"}
     assert (summary["succeeded"], summary["failed"]) == (2, 4)
@@ -92,12 +93,12 @@ def test_rerun_skips_what_is_done_and_retry_fixes_failed_rows(prefect_harness, e
     portrait.write_text("corrupt upload")
     manifest = _csv(f"ok,{PORTRAIT},{SPEECH},15,", f"fixme,{portrait},{SPEECH},15,")
     out = tmp_path / "out"
-    first = batch(manifest=manifest, output=str(out))
+    first = _summary(batch(manifest=manifest, output=str(out), return_state=True))
     assert (first["succeeded"], first["failed"]) == (1, 1)
     video = out / "ok.mp4"
     made_at = video.stat().st_mtime_ns
 
-    again = batch(manifest=manifest, output=str(out))
+    again = _summary(batch(manifest=manifest, output=str(out), return_state=True))
     assert (again["skipped"], again["failed"]) == (1, 1)
     assert video.stat().st_mtime_ns == made_at  # nothing finished is generated twice
 
@@ -113,8 +114,10 @@ def test_retry_finds_the_failed_rows_of_every_manifest(prefect_harness, env, tmp
     broken = tmp_path / "broken.jpg"
     broken.write_text("half an upload")
     out = tmp_path / "out"
-    batch(manifest=_csv(f"mon-ok,{PORTRAIT},{SPEECH},15,", f"mon-bad,{broken},{SPEECH},15,"), output=str(out))
-    batch(manifest=_csv(f"tue-bad,{broken},{SPEECH},15,", f"tue-ok,{PORTRAIT},{SPEECH},15,"), output=str(out))
+    batch(manifest=_csv(f"mon-ok,{PORTRAIT},{SPEECH},15,", f"mon-bad,{broken},{SPEECH},15,"), output=str(out),
+          return_state=True)
+    batch(manifest=_csv(f"tue-bad,{broken},{SPEECH},15,", f"tue-ok,{PORTRAIT},{SPEECH},15,"), output=str(out),
+          return_state=True)
     ledger = _ledger(out)
     assert len({r.manifest for r in ledger.records}) == 2 and len(list((out / "manifests").glob("*.csv"))) == 2
     shutil.copy(PORTRAIT, broken)

@@ -23,7 +23,8 @@ def test_refused_portrait_fails_up_front_and_a_noise_clip_is_flagged_then_remade
     manifest = f"clip_id,image,audio,sample_steps,seed\nface,{astronaut},{speech},15,7\ncup,{coffee},{speech},15,7\n"
     out = tmp_path / "out"
 
-    summary = batch(manifest=manifest, output=str(out))
+    state = batch(manifest=manifest, output=str(out), return_state=True)
+    summary = state.result(raise_on_failure=False).summary  # one row refused: a Partial run, Failed with its summary
     latest = load_ledger(str(out), load_settings()).latest()
     cup, face = latest["cup"], latest["face"]
     assert cup.status == "failed" and cup.generate_s is None  # refused before any model work

@@ -10,6 +10,7 @@ the runs list, the run's artifacts tab, and each card. Needs Debian's chromium (
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -48,14 +49,31 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
         time.sleep(1)
 
 
+CLICK_SCRIPT = """(() => { const el = [...document.querySelectorAll('button, a, li, [role=tab]')]
+    .find(e => e.innerText && e.innerText.trim() === %s); if (el) { el.click(); return true; } return false; })()"""
+
+
+def _small_png(data: bytes, colours: int) -> bytes:
+    """A screenshot in a palette of `colours`: a UI's flat colours survive, the file is a fraction of the size."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").quantize(colors=colours).save(buffer, format="PNG", optimize=True)
+        return buffer.getvalue()
+
+
 class Browser:
     """Headless Chromium driven over the DevTools protocol: open a page, let it settle, capture it."""
 
-    def __init__(self, chromium: str, profile: Path):
-        self.port = free_port()
+    def __init__(self, chromium: str, profile: Path, width: int = 1500):
+        self.port, self.width = free_port(), width
         self.process = subprocess.Popen(
             [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--remote-debugging-port={self.port}",
-             "--window-size=1500,1800", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             f"--window-size={width},1800", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)  # its helper processes end with it (close() signals the group)
         self.socket_url = self._page_socket()
         self._id = 0
 
@@ -72,31 +90,63 @@ class Browser:
                     raise SystemExit("chromium did not open its DevTools port")
                 time.sleep(0.5)
 
-    def shoot(self, url: str, path: Path, height: int = 1800) -> None:
-        import base64
-        import json
-
+    def _session(self):
         from websockets.sync.client import connect
 
-        with connect(self.socket_url, max_size=64 * 2**20) as ws:
-            def call(method: str, **params):
-                self._id += 1
-                ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
-                while True:
-                    reply = json.loads(ws.recv())
-                    if reply.get("id") == self._id:
-                        return reply.get("result", {})
+        ws = connect(self.socket_url, max_size=64 * 2**20)
 
-            call("Emulation.setDeviceMetricsOverride", width=1500, height=height, deviceScaleFactor=1, mobile=False)
+        def call(method: str, **params):
+            self._id += 1
+            ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+            while True:
+                reply = json.loads(ws.recv())
+                if reply.get("id") == self._id:
+                    return reply.get("result", {})
+
+        return ws, call
+
+    def open(self, url: str, wait_for: tuple[str, ...] = (), timeout_s: float = SETTLE_S, height: int = 1800,
+             click: str | None = None, shot: Path | None = None, colours: int = 0) -> str:
+        """Open `url` (then `click` the element whose text it is: a tab); return the page's visible text once it
+        holds every `wait_for` text, or when time is up; `shot`: save it as a PNG (`colours` > 0 keeps it small)."""
+        import base64
+
+        ws, call = self._session()
+        with ws:  # one DevTools session: the viewport set here lasts until the picture is taken
+            call("Emulation.setDeviceMetricsOverride", width=self.width, height=height, deviceScaleFactor=1, mobile=False)
             call("Page.navigate", url=url)
-            time.sleep(SETTLE_S)
-            data = call("Page.captureScreenshot", format="png")["data"]
-        path.write_bytes(base64.b64decode(data))
+            deadline = time.monotonic() + timeout_s
+            clicked = click is None
+            while True:
+                time.sleep(1.0)
+                if not clicked:
+                    clicked = self._evaluate(call, CLICK_SCRIPT % json.dumps(click))
+                text = self._evaluate(call, "document.body ? document.body.innerText : ''") or ""
+                if (clicked and wait_for and all(needle in text for needle in wait_for)) or time.monotonic() > deadline:
+                    break
+            if shot is not None:
+                time.sleep(1.0)  # pictures inside cards load after the text
+                data = base64.b64decode(call("Page.captureScreenshot", format="png")["data"])
+                shot.write_bytes(_small_png(data, colours) if colours else data)
+        return text
+
+    @staticmethod
+    def _evaluate(call, expression: str):
+        return call("Runtime.evaluate", expression=expression, returnByValue=True).get("result", {}).get("value")
+
+    def shoot(self, url: str, path: Path, height: int = 1800) -> None:
+        self.open(url, height=height, shot=path)
         print(f"{path}  <- {url}")
 
     def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
+        import signal
+
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
 
 
 def run_batch(output: str) -> str:

@@ -142,8 +142,11 @@ def _run_flow(manifest: str | None, settings: Settings, lookahead: int, total: i
                     worker.join(0.2)
         finally:
             row_listeners.remove(listener)
-    if getattr(watch, "lost", None):  # said in one line already; what Prefect raised after it is noise
-        return EXIT_API_LOST
+    if getattr(watch, "lost", None):
+        # Said in one line already. What Prefect raised, and its exit hooks still trying the lost API, is noise.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_API_LOST)
     error = outcome.get("error")
     if isinstance(error, S2VError):
         raise error

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CLAIMS_FOLDER = "claims"
 RACE_TRIES = 3  # a lost race re-reads the newest claim; more losses than this mean someone holds it
+_active: set["RowClaims"] = set()  # this process's runs holding claims: what a forced exit leaves behind
 
 
 class RowClaim(BaseModel):
@@ -67,9 +68,11 @@ class RowClaims:
 
     def __enter__(self) -> "RowClaims":
         self._renewer.start()
+        _active.add(self)
         return self
 
     def __exit__(self, *exc) -> None:
+        _active.discard(self)
         self._stop.set()
         self._renewer.join(timeout=5)
 
@@ -240,3 +243,25 @@ def remove_stale_work(settings: Settings, older_than_s: float = 24 * 3600) -> in
         except OSError:
             continue  # removed by another run meanwhile
     return removed
+
+
+def abandon_held_claims(reason: str) -> int:
+    """Before this process exits without finishing its rows (its API lost, a stop past its grace time):
+    record each row it holds `interrupted` and release it, so a rerun at once makes it instead of
+    skipping it as another run's. Returns how many."""
+    from flows.ledger import LedgerRecord, LedgerStore
+
+    abandoned = 0
+    for claims in list(_active):
+        store = LedgerStore(claims.output, claims.settings)
+        for claim in list(claims.held.values()):
+            try:
+                store.append(LedgerRecord(row=claim.row, clip_id=claim.clip_id, status="interrupted",
+                                          manifest=claim.manifest, worker=claim.worker,
+                                          error=f"row {claim.row}: {reason}; a rerun of the manifest resumes this row"))
+            except Exception as exc:  # the claim still expires, and the next run records the row then
+                log.warning("row %s not recorded as interrupted (%s)", claim.clip_id, exc)
+                continue
+            claims.release(claim.clip_id)
+            abandoned += 1
+    return abandoned

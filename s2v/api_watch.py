@@ -22,9 +22,11 @@ EXIT_API_LOST = 3
 class ApiWatch:
     """A daemon thread asking `url`/health; on loss: `request_stop(reason)`, then exit after `grace_s`."""
 
-    def __init__(self, url: str, request_stop: Callable[[str], None], grace_s: float = 12.0):
+    def __init__(self, url: str, request_stop: Callable[[str], None], grace_s: float = 12.0,
+                 before_exit: Callable[[str], object] = lambda reason: None):
         self.url = url
         self.request_stop = request_stop
+        self.before_exit = before_exit
         self.grace_s = grace_s
         self.lost: str | None = None
         self._done = threading.Event()
@@ -54,6 +56,7 @@ class ApiWatch:
         self.request_stop(self.lost)
         if self._done.wait(self.grace_s):
             return  # the batch ended on its own within the grace time
+        self.before_exit(self.lost)
         os._exit(EXIT_API_LOST)
 
 

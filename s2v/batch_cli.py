@@ -105,6 +105,7 @@ def _run_flow(manifest: str | None, settings: Settings, lookahead: int, total: i
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.batch import batch, retry_failed
+    from flows.claims import abandon_held_claims
     from s2v.api_watch import EXIT_API_LOST, ApiWatch
     from flows.execute import row_listeners
     from model_runtime import interrupt
@@ -134,7 +135,8 @@ def _run_flow(manifest: str | None, settings: Settings, lookahead: int, total: i
         row_listeners.append(listener)
         worker = threading.Thread(target=run, name="s2v-batch", daemon=True)
         stopping = _StopOnSignal(console, interrupt)
-        watch = ApiWatch(_watched_api["url"], interrupt.request_stop) if _watched_api else contextlib.nullcontext()
+        watch = (ApiWatch(_watched_api["url"], interrupt.request_stop, before_exit=abandon_held_claims)
+                 if _watched_api else contextlib.nullcontext())
         try:
             with stopping, watch:
                 worker.start()
@@ -144,6 +146,7 @@ def _run_flow(manifest: str | None, settings: Settings, lookahead: int, total: i
             row_listeners.remove(listener)
     if getattr(watch, "lost", None):
         # Said in one line already. What Prefect raised, and its exit hooks still trying the lost API, is noise.
+        abandon_held_claims(watch.lost)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_API_LOST)
@@ -194,11 +197,13 @@ class _StopOnSignal:
                            "(Ctrl-C again to quit now)[/yellow]")
         threading.Thread(target=self._exit_after_grace, daemon=True).start()
 
-    @staticmethod
-    def _exit_after_grace() -> None:
+    def _exit_after_grace(self) -> None:
+        from flows.claims import abandon_held_claims
+
         time.sleep(STOP_GRACE_S)
         sys.stderr.write("s2v: still busy after the grace time; quitting now (rows recorded so far are kept)\n")
         sys.stderr.flush()
+        abandon_held_claims(f"{self.reason} before the row ended")
         os._exit(EXIT_INTERRUPTED)
 
 
@@ -211,7 +216,7 @@ def print_summary(console, summary: dict) -> None:
     interrupted = summary.get("interrupted", 0)
     lines = []
     for record in sorted(summary["records"], key=lambda record: record.get("row") or 0):  # manifest order
-        detail = record["url"] if record["status"] in ("succeeded", "skipped") else record["error"]
+        detail = (record["url"] or record["error"]) if record["status"] in ("succeeded", "skipped") else record["error"]
         lines.append((str(record["row"]), record["clip_id"], record["status"],
                       f"{record['total_time']:.1f}" if record.get("total_time") else "", escape(detail or ""),
                       escape(qc_flag_text(record))))

@@ -108,3 +108,16 @@ def test_work_folders_untouched_for_a_day_are_removed_and_fresh_ones_kept(tmp_pa
     os.utime(old, (two_days_ago, two_days_ago))
     assert remove_stale_work(settings) == 1
     assert not old.exists() and fresh.is_dir()
+
+
+def test_a_forced_exit_records_its_held_rows_interrupted_and_frees_them_for_a_rerun(tmp_path):
+    from flows.claims import abandon_held_claims
+
+    out = str(tmp_path / "out")
+    settings = Settings(cache_dir=tmp_path / "cache", output=out)
+    with RowClaims(settings, run_id="leaving") as claims:
+        assert claims.claim("clip", row=2, manifest="m1") is None
+        assert abandon_held_claims("the Prefect API went away") == 1
+    [record] = LedgerStore(out, settings).clip_records("clip")
+    assert record.status == "interrupted" and "went away" in record.error and record.manifest == "m1"
+    assert RowClaims(settings, run_id="rerun").claim("clip") is None  # released: not left to a dead run

@@ -236,7 +236,7 @@ def test_lost_local_api_ends_the_batch_in_seconds_and_a_rerun_resumes(cli_env, t
     _, stderr = run.communicate(timeout=60)
     assert time.monotonic() - lost < 30 and run.returncode != 0, stderr[-3000:]
     assert "Traceback" not in stderr and "went away" in stderr
-    assert {r["clip_id"] for r in _records(out) if r["status"] == "succeeded"} == {"clip-0"}
+    assert "clip-0" in {r["clip_id"] for r in _records(out) if r["status"] == "succeeded"}  # finished rows stay
 
     rerun = subprocess.run(_s2v("run", str(manifest), "--output", str(out)), env=cli_env, cwd=ROOT,
                            capture_output=True, text=True, timeout=600)  # starts a new local API

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from pydantic import BaseModel, ValidationError
@@ -56,7 +57,11 @@ class RowClaim(BaseModel):
 class RowClaims:
     """The claims one run holds at `settings.output`, renewed while it works; a context manager."""
 
-    def __init__(self, settings: Settings, run_id: str, flow_run_id: str | None = None):
+    def __init__(self, settings: Settings, run_id: str, flow_run_id: str | None = None,
+                 run_is_over: Callable[[str], bool] = lambda flow_run_id: False):
+        # run_is_over(flow run id): Prefect already says that run ended (a dead host's run is marked Crashed
+        # and its row handed out again before the lease runs out): its claim is dead whatever its lease says.
+        self.run_is_over = run_is_over
         self.settings = settings
         self.run_id = run_id
         self.flow_run_id = flow_run_id
@@ -80,7 +85,8 @@ class RowClaims:
         """None when this run now holds the clip; else the live claim of the run that does."""
         for _ in range(RACE_TRIES):
             newest = read_newest_claim(self.output, clip_id, self.settings)
-            if newest is not None and newest.live() and newest.run_id != self.run_id:
+            if newest is not None and newest.live() and newest.run_id != self.run_id \
+                    and not (newest.flow_run_id and self.run_is_over(newest.flow_run_id)):
                 return newest
             now = _now()
             claim = RowClaim(clip_id=clip_id, slot=(newest.slot + 1) if newest else 1, run_id=self.run_id,
@@ -265,3 +271,16 @@ def abandon_held_claims(reason: str) -> int:
             claims.release(claim.clip_id)
             abandoned += 1
     return abandoned
+
+
+def flow_run_is_over(flow_run_id: str) -> bool:
+    """Whether Prefect says the flow run has ended (Crashed, Failed, Cancelled, Completed); False when it
+    cannot say (another server's run, the API away): then the lease decides."""
+    from prefect import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+    except Exception:
+        return False
+    return state is not None and state.is_final()

@@ -9,7 +9,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from flows.claims import RowClaims, mark_dead_runs_crashed, record_dead_claims, remove_stale_work
+from flows.claims import RowClaims, flow_run_is_over, mark_dead_runs_crashed, record_dead_claims, remove_stale_work
 from flows.ledger import LedgerRecord, LedgerStore
 from flows.manifest import ClipRow, InvalidRow
 from flows.pipeline import record_invalid_rows, run_rows
@@ -50,7 +50,8 @@ def execute_rows(
         _sweep_dead_runs(settings)
     record_invalid_rows(invalid, store, settings, on_row_end)
     try:
-        with RowClaims(settings, run_id=flow_run.id or uuid.uuid4().hex, flow_run_id=flow_run.id) as claims:
+        with RowClaims(settings, run_id=flow_run.id or uuid.uuid4().hex, flow_run_id=flow_run.id,
+                       run_is_over=flow_run_is_over) as claims:
             run_rows(rows, settings=settings, store=store, lookahead=lookahead,
                      on_row_end=on_row_end, should_stop=stop_requested, claims=claims)
     except BaseException as exc:

@@ -121,3 +121,12 @@ def test_a_forced_exit_records_its_held_rows_interrupted_and_frees_them_for_a_re
     [record] = LedgerStore(out, settings).clip_records("clip")
     assert record.status == "interrupted" and "went away" in record.error and record.manifest == "m1"
     assert RowClaims(settings, run_id="rerun").claim("clip") is None  # released: not left to a dead run
+
+
+def test_a_live_claim_of_a_run_prefect_says_is_over_is_taken_over(tmp_path):
+    out = str(tmp_path / "out")
+    settings = Settings(cache_dir=tmp_path / "cache", output=out)
+    assert RowClaims(settings, run_id="crashed", flow_run_id="run-1").claim("clip") is None
+    assert RowClaims(settings, run_id="alive-check").claim("clip").run_id == "crashed"  # its lease still runs
+    rehanded = RowClaims(settings, run_id="rehanded", run_is_over=lambda flow_run_id: flow_run_id == "run-1")
+    assert rehanded.claim("clip") is None

@@ -15,16 +15,17 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from flows.claims import mark_dead_runs_crashed, record_dead_claims
 from flows.context import flow_settings
 from flows.execute import execute_rows
 from flows.form import Internal, options_field, titled
 from flows.kept_manifests import keep_manifest, load_manifest, manifest_id
 from flows.ledger import load_ledger
 from flows.logs import hide_input_error_tracebacks
-from flows.manifest import check_local_files, parse_manifest
+from flows.manifest import InvalidRow, check_local_files, parse_manifest
 from flows.run_names import manifest_label, name_run
 from model_runtime.request import GenerationOptions
-from s2v.errors import ManifestError
+from s2v.errors import InputError, ManifestError
 from s2v.storage.redaction import redact
 from s2v.storage.manifests import is_csv_text
 from tasks.manifest import fetch_manifest
@@ -84,6 +85,8 @@ def retry_failed(
     hide_input_error_tracebacks()
     logger = get_run_logger()
     settings = flow_settings(output, checkpoint, model_server)
+    record_dead_claims(settings.output, settings)  # rows a killed run left behind are retried too
+    mark_dead_runs_crashed(settings.output, settings)
     failed = load_ledger(settings.output, settings).retryable()
     by_manifest = Counter(record.manifest for record in failed)
     logger.info("%d row(s) to retry in %s: %s", len(failed), settings.output,
@@ -94,6 +97,7 @@ def retry_failed(
             kept = load_manifest(settings.output, kept_id, settings)
         except ManifestError as exc:  # the other manifests' rows still get their retry
             logger.error("%d row(s) cannot be retried: %s", by_manifest[kept_id], exc)
+            invalid += _not_retried([r for r in failed if r.manifest == kept_id], f"cannot be retried: {exc}")
             continue
         wanted = {record.clip_id for record in failed if record.manifest == kept_id}
         parsed = check_local_files(parse_manifest(kept.text, kept.defaults, settings, manifest_id=kept_id), settings)
@@ -102,6 +106,14 @@ def retry_failed(
         missing = wanted - {row.clip_id for row in [*parsed.rows, *parsed.invalid]}
         if missing:
             logger.warning("%d failed row(s) are no longer in manifest %s: %s", len(missing), kept.id, ", ".join(sorted(missing)))
+            invalid += _not_retried([r for r in failed if r.manifest == kept_id and r.clip_id in missing],
+                                    f"cannot be retried: the row is no longer in manifest {kept.id}")
     # Rows of several manifests in one batch: each record names the manifest its row came from.
     name_run(f"retry {posixpath.basename(settings.output.rstrip('/')) or settings.output}", len(rows) + len(invalid))
     return execute_rows("retry", sorted(rows, key=lambda r: r.row), invalid, settings, lookahead)
+
+
+def _not_retried(records, reason: str) -> list[InvalidRow]:
+    """Rows a retry cannot take up end failed with the reason, so the retry does not report success."""
+    return [InvalidRow(row=r.row or 0, clip_id=r.clip_id, manifest=r.manifest,
+                       error=InputError("manifest", r.manifest or "manifest.csv", reason, row=r.row)) for r in records]

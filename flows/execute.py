@@ -1,6 +1,7 @@
 """One batch of rows on this worker, start to end: ledger, live cards, the pipeline, the final state."""
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
@@ -8,6 +9,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import State
 
+from flows.claims import RowClaims, flow_run_is_over, mark_dead_runs_crashed, record_dead_claims, remove_stale_work
 from flows.ledger import LedgerRecord, LedgerStore
 from flows.manifest import ClipRow, InvalidRow
 from flows.pipeline import record_invalid_rows, run_rows
@@ -44,10 +46,14 @@ def execute_rows(
 
     for bad in invalid:
         logger.warning("row %d is invalid: %s", bad.row, bad.error)
+    if compact:  # a whole batch, not one of a fleet's row runs: the dead runs' rows become visible
+        _sweep_dead_runs(settings)
     record_invalid_rows(invalid, store, settings, on_row_end)
     try:
-        run_rows(rows, settings=settings, store=store, lookahead=lookahead,
-                 on_row_end=on_row_end, should_stop=stop_requested)
+        with RowClaims(settings, run_id=flow_run.id or uuid.uuid4().hex, flow_run_id=flow_run.id,
+                       run_is_over=flow_run_is_over) as claims:
+            run_rows(rows, settings=settings, store=store, lookahead=lookahead,
+                     on_row_end=on_row_end, should_stop=stop_requested, claims=claims)
     except BaseException as exc:
         # The run was cancelled (Prefect raises TerminationSignal here) or interrupted: the generation in
         # the task thread stops at its next step too (and cancels its model-server job), instead of
@@ -70,3 +76,14 @@ def execute_rows(
     summary["output"] = settings.output
     logger.info("%s ended: %s", title, {k: v for k, v in summary.items() if k != "records"})
     return final_state(summary, title)
+
+
+def _sweep_dead_runs(settings: Settings) -> None:
+    """Rows whose run died holding them become `interrupted`; those runs are marked Crashed; their work
+    folders go."""
+    remove_stale_work(settings)
+    try:
+        record_dead_claims(settings.output, settings)
+        mark_dead_runs_crashed(settings.output, settings)
+    except Exception as exc:  # the batch itself can still run: its own rows are claimed one by one
+        get_run_logger().warning("rows of dead runs not looked for (%s: %s)", type(exc).__name__, exc)

@@ -24,6 +24,7 @@ from pathlib import Path
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
+from flows.claims import RowClaims
 from flows.ledger import LedgerRecord, LedgerStore
 from flows.manifest import ClipRow, InvalidRow
 from s2v.errors import GenerationCancelled, S2VError
@@ -96,8 +97,10 @@ def run_rows(
     lookahead: int = 2,
     on_row_end: RowEnded | None = None,
     should_stop: Callable[[], str | None] = lambda: None,
+    claims: RowClaims | None = None,
 ) -> None:
-    """Every row ends with one ledger record, except rows never started because `should_stop` said so."""
+    """Every row ends with one ledger record, except rows never started because `should_stop` said so.
+    With `claims`, a row is claimed before its expensive work, and left to the run that holds it."""
     logger = get_run_logger()
     work_dir = settings.cache_dir / "work"
     downloads: deque[tuple[RowRun, PrefectFuture]] = deque()
@@ -112,6 +115,8 @@ def run_rows(
         else:
             logger.info("row %s (%s) %s: %s", run.row.row, run.row.clip_id, status, record.url)
         shutil.rmtree(run.work, ignore_errors=True)  # the row's input copies: gone with the row
+        if claims is not None:  # after the record: a claim released early would let another run make it again
+            claims.release(run.row.clip_id)
         if on_row_end:
             on_row_end(record)
 
@@ -150,14 +155,20 @@ def run_rows(
         try:
             run.inputs = result(future)
             run.seconds["download_s"] = run.inputs.download_seconds
+            # Claimed before the history is read: a run that finishes the row meanwhile is seen in it.
+            holder = claims.claim(run.row.clip_id, run.row.row, run.row.manifest) if claims is not None else None
             history: RowHistory = result(read_row_history.submit(store, run.row.clip_id, run.inputs, run.row.options_hash))
             run.attempts = history.attempts + 1
             if history.done is not None:
                 finish(run, "skipped", done=history.done)
                 continue
+            if holder is not None:
+                finish(run, "skipped", f"made by another run ({holder.run_id} on {holder.worker})")
+                continue
             if history.kept is not None:
                 # A video made earlier whose upload failed: upload that one, never generate it again.
                 run.made_earlier, run.video = history.kept, Path(history.kept.kept_video)
+                run.poster = _poster_of(run.video)
                 uploads.append((run, _submit_upload(run, settings)))
                 continue
             check_speech_time(run.row, run.inputs.audio_seconds, settings)  # before the encoder's time is spent
@@ -212,6 +223,17 @@ def _end_upload(run: RowRun, future: PrefectFuture, finish, settings: Settings) 
     run.video.unlink(missing_ok=True)
     if run.poster is not None:
         run.poster.unlink(missing_ok=True)
+
+
+def _poster_of(video: Path) -> Path | None:
+    """A poster for a kept video (its frames are gone); a video without one still goes up."""
+    from model_runtime.video import poster_from_video
+
+    try:
+        return poster_from_video(video)
+    except Exception as exc:
+        logging.getLogger(__name__).warning("no poster for %s (%s)", video.name, exc)
+        return None
 
 
 def _keep(video: Path, settings: Settings) -> Path:

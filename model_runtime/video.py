@@ -42,6 +42,18 @@ def write_poster(frames: np.ndarray, video: Path) -> Path:
     return poster
 
 
+def poster_from_video(video: Path) -> Path:
+    """The poster (see write_poster) of a finished MP4, from its middle frame: for a video made by an
+    earlier run, whose frames are gone. Raises MuxError when ffmpeg cannot read it."""
+    poster = video.with_name(f"{video.stem}.poster.jpg")
+    middle = (probe(video).duration or 0.0) / 2
+    proc = subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-ss", f"{middle:.3f}", "-i", str(video),
+                           "-frames:v", "1", "-q:v", "3", str(poster)], capture_output=True, text=True)
+    if proc.returncode != 0 or not poster.is_file():
+        raise MuxError(f"no poster from {video.name}: {proc.stderr.strip()[-400:]}")
+    return poster
+
+
 def mux_speech(silent_video: Path, speech: Path, out: Path) -> None:
     """Put the original speech in as AAC. Any failure raises: a silent video is never the result."""
     tmp = out.with_name(f".{out.name}.partial.mp4")

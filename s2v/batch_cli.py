@@ -7,6 +7,7 @@ SIGTERM stops the generation at its next denoising step, records the row as inte
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from s2v.errors import BatchFailed, S2VError
 from s2v.settings import Settings
 
 EXIT_INTERRUPTED = 130
+_watched_api: dict[str, str] = {}  # the local API this command started or found: watched while the batch runs
 STOP_GRACE_S = 8.0  # after the first Ctrl-C: the current step ends and the row is recorded well within this
 _PREFECT_DEFAULTS = {
     # Telemetry writes were the source of SQLite "database is locked" tracebacks in runs that succeeded.
@@ -55,8 +57,10 @@ def _check_manifest(manifest: str, settings: Settings) -> int:
 
 
 def _report_retry(settings: Settings, console) -> int:
+    from flows.claims import record_dead_claims
     from flows.ledger import load_ledger
 
+    record_dead_claims(settings.output, settings)  # a row whose run was killed mid-row is retried too
     failed = load_ledger(settings.output, settings).retryable()
     by_manifest = Counter(record.manifest or "manifest.csv" for record in failed)
     where = ", ".join(f"{count} from manifest {name}" for name, count in by_manifest.items())
@@ -86,9 +90,11 @@ def _prepare_prefect(settings: Settings, verbose: bool, console) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "CRITICAL")
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "CRITICAL")
     if not os.environ.get("PREFECT_API_URL"):
-        from s2v.local_api import ensure_local_api
+        from s2v.local_api import api_home, ensure_local_api
+        from s2v.local_api_users import hold_local_api
 
-        os.environ["PREFECT_API_URL"] = ensure_local_api(settings)
+        hold_local_api(api_home(settings))  # before the API is up: a stop meanwhile is refused too
+        os.environ["PREFECT_API_URL"] = _watched_api["url"] = ensure_local_api(settings)
     if "prefect" in sys.modules:  # Prefect reads its settings at import: make it see the ones set here
         from prefect.context import refresh_global_settings_context
 
@@ -102,6 +108,8 @@ def _run_flow(manifest: str | None, settings: Settings, lookahead: int, total: i
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.batch import batch, retry_failed
+    from flows.claims import abandon_held_claims
+    from s2v.api_watch import EXIT_API_LOST, ApiWatch
     from flows.execute import row_listeners
     from model_runtime import interrupt
 
@@ -130,13 +138,21 @@ def _run_flow(manifest: str | None, settings: Settings, lookahead: int, total: i
         row_listeners.append(listener)
         worker = threading.Thread(target=run, name="s2v-batch", daemon=True)
         stopping = _StopOnSignal(console, interrupt)
+        watch = (ApiWatch(_watched_api["url"], interrupt.request_stop, before_exit=abandon_held_claims)
+                 if _watched_api else contextlib.nullcontext())
         try:
-            with stopping:
+            with stopping, watch:
                 worker.start()
                 while worker.is_alive():
                     worker.join(0.2)
         finally:
             row_listeners.remove(listener)
+    if getattr(watch, "lost", None):
+        # Said in one line already. What Prefect raised, and its exit hooks still trying the lost API, is noise.
+        abandon_held_claims(watch.lost)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_API_LOST)
     error = outcome.get("error")
     if isinstance(error, S2VError):
         raise error
@@ -184,11 +200,13 @@ class _StopOnSignal:
                            "(Ctrl-C again to quit now)[/yellow]")
         threading.Thread(target=self._exit_after_grace, daemon=True).start()
 
-    @staticmethod
-    def _exit_after_grace() -> None:
+    def _exit_after_grace(self) -> None:
+        from flows.claims import abandon_held_claims
+
         time.sleep(STOP_GRACE_S)
         sys.stderr.write("s2v: still busy after the grace time; quitting now (rows recorded so far are kept)\n")
         sys.stderr.flush()
+        abandon_held_claims(f"{self.reason} before the row ended")
         os._exit(EXIT_INTERRUPTED)
 
 
@@ -198,14 +216,15 @@ def print_summary(console, summary: dict) -> None:
     from s2v.quality.fields import qc_flag_text
     from s2v.tables import print_table
 
-    failed = summary["failed"] + summary.get("interrupted", 0)
+    interrupted = summary.get("interrupted", 0)
     lines = []
     for record in sorted(summary["records"], key=lambda record: record.get("row") or 0):  # manifest order
-        detail = record["url"] if record["status"] in ("succeeded", "skipped") else record["error"]
+        detail = (record["url"] or record["error"]) if record["status"] in ("succeeded", "skipped") else record["error"]
         lines.append((str(record["row"]), record["clip_id"], record["status"],
                       f"{record['total_time']:.1f}" if record.get("total_time") else "", escape(detail or ""),
                       escape(qc_flag_text(record))))
-    print_table(console, f"{summary['succeeded']} succeeded, {failed} failed, {summary['skipped']} skipped",
+    print_table(console, f"{summary['succeeded']} succeeded, {summary['failed']} failed, "
+                         + (f"{interrupted} interrupted, " if interrupted else "") + f"{summary['skipped']} skipped",
                 ("row", "clip", "status", "seconds", "url or error", "flagged"), lines)
     console.print(f"output: {summary['output']} (ledger: results.jsonl, results.csv; estimated GPU cost "
                   f"${summary['estimated_cost_usd']:.4f})")

@@ -210,12 +210,19 @@ def ui(
 @app.command("local-api")
 def local_api(
     action: str = typer.Argument("status", help="status or stop"),
+    force: bool = typer.Option(False, "--force", help="stop it even while a batch uses it (that batch's rows stop)"),
 ) -> None:
     """The local Prefect API that `s2v run` and `s2v retry` share on this machine (started on first use)."""
     from s2v.local_api import api_home, running_url, stop_local_api
 
     settings = _settings()
     if action == "stop":
+        from s2v.local_api_users import local_api_in_use
+
+        if not force and local_api_in_use(api_home(settings)):
+            typer.echo("refused: a running s2v command uses the local API (its rows would fail); wait for it, "
+                       "or stop with --force", err=True)
+            raise typer.Exit(1)
         typer.echo("stopped" if stop_local_api(settings) else "not running")
     elif action == "status":
         url = running_url(api_home(settings))

@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     presign_seconds: int = Field(7 * 24 * 3600, gt=0)
     gpu_cost_per_hour: float = Field(3.99, ge=0, description="for the batch cost estimate")
     worker_name: str = Field(default_factory=socket.gethostname, description="recorded in the ledger per row")
+    claim_lease_s: float = Field(
+        120.0, ge=1, description="a row's claim lasts this long unless its run renews it (every third of it); "
+        "a run killed mid-row leaves its row to others, and `interrupted`, this long after it died",
+    )
 
     @field_validator("fp8", mode="before")
     @classmethod

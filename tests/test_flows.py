@@ -182,6 +182,7 @@ def test_a_failed_upload_keeps_the_video_and_retry_uploads_it_without_generating
     retried = retry_failed(output=str(out))
     assert retried["records"][0]["status"] == "succeeded" and len(made) == 1  # uploaded, not generated again
     assert _playable_with_speech(out / "kept.mp4")
+    assert retried["records"][0]["poster_url"] and (out / "kept.poster.jpg").is_file()  # a poster made from the kept copy
 
 
 def test_clip_flow_makes_one_clip_into_the_ledger(prefect_harness, env, tmp_path):

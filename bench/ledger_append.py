@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flows.ledger import CSV_NAME, JSONL_NAME, RECORDS_FOLDER, Ledger, LedgerRecord, LedgerStore  # noqa: E402
+from records.ledger import CSV_NAME, JSONL_NAME, RECORDS_FOLDER, Ledger, LedgerRecord, LedgerStore  # noqa: E402
 from s2v.settings import Settings  # noqa: E402
 from s2v.storage.locations import output_location  # noqa: E402
 from s2v.storage.outputs import filesystem, write_output_text  # noqa: E402
@@ -102,7 +102,7 @@ def _folder_bytes(out: str) -> int:
 
 
 def manifest_parse(rows: int) -> float:
-    from flows.manifest import parse_manifest
+    from records.manifest import parse_manifest
 
     lines = ["clip_id,image,audio,prompt,sample_steps,seed"]
     lines += [f"c{n},https://cdn.example.com/p/{n}.jpg,https://cdn.example.com/a/{n}.wav,A person speaking,20,{n}"

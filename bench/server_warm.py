@@ -56,7 +56,7 @@ def main() -> None:
 
     cold, cold_records = [], []
     for i in range(args.requests):
-        command = [sys.executable, "-c", "from s2v.cli import app; app()", "generate", "--image", image, "--audio", audio,
+        command = [sys.executable, "-c", "from cli.main import app; app()", "generate", "--image", image, "--audio", audio,
                    "--sample-steps", str(args.steps), "--seed", "0", "--out", str(work / f"cold{i}.mp4")]
         cold_env = {k: v for k, v in env.items() if k != "S2V_MODEL_SERVER"}
         wall, record = _timed(command, cold_env)

@@ -39,7 +39,7 @@ def main() -> None:
     for i in range(args.clips):
         started = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-c", "from s2v.cli import app; app()", "generate", *common, "--out", str(work / f"cold{i}.mp4")],
+            [sys.executable, "-c", "from cli.main import app; app()", "generate", *common, "--out", str(work / f"cold{i}.mp4")],
             capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         cold_walls.append(time.perf_counter() - started)

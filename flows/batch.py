@@ -15,19 +15,20 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows.claims import mark_dead_runs_crashed, record_dead_claims
+from flows.dead_runs import mark_dead_runs_crashed
+from records.claims import record_dead_claims
 from flows.context import flow_settings
 from flows.execute import execute_rows
 from flows.form import Internal, options_field, titled
-from flows.kept_manifests import keep_manifest, load_manifest, manifest_id
-from flows.ledger import load_ledger
-from flows.logs import hide_input_error_tracebacks
-from flows.manifest import InvalidRow, check_local_files, parse_manifest
+from records.kept_manifests import keep_manifest, load_manifest, manifest_id
+from records.ledger import load_ledger
+from flows.logs import hide_input_error_tracebacks, run_warning
+from records.manifest import InvalidRow, check_local_files, parse_manifest
 from flows.run_names import manifest_label, name_run
 from model_runtime.request import GenerationOptions
 from s2v.errors import InputError, ManifestError
 from s2v.storage.redaction import redact
-from s2v.storage.manifests import is_csv_text
+from records.manifest_text import is_csv_text
 from tasks.manifest import fetch_manifest
 
 # Downloads ahead + one encode + one generation + uploads; bounded so a big manifest cannot start
@@ -60,7 +61,8 @@ def batch(
     settings = flow_settings(output, checkpoint, model_server)
     text = fetch_manifest(manifest, settings)
     chosen = defaults.model_dump(mode="json")
-    parsed = check_local_files(parse_manifest(text, chosen, settings, manifest_id=manifest_id(text, chosen)), settings)
+    parsed = parse_manifest(text, chosen, settings, manifest_id=manifest_id(text, chosen), warn=run_warning)
+    parsed = check_local_files(parsed, settings)
     name = "pasted manifest" if is_csv_text(manifest) else posixpath.basename(redact(manifest).split("?")[0])
     name_run(manifest_label(manifest), len(parsed.rows) + len(parsed.invalid))
     keep_manifest(text, chosen, settings.output, settings, name=name)
@@ -100,7 +102,8 @@ def retry_failed(
             invalid += _not_retried([r for r in failed if r.manifest == kept_id], f"cannot be retried: {exc}")
             continue
         wanted = {record.clip_id for record in failed if record.manifest == kept_id}
-        parsed = check_local_files(parse_manifest(kept.text, kept.defaults, settings, manifest_id=kept_id), settings)
+        parsed = parse_manifest(kept.text, kept.defaults, settings, manifest_id=kept_id, warn=run_warning)
+        parsed = check_local_files(parsed, settings)
         rows += [row for row in parsed.rows if row.clip_id in wanted]
         invalid += [row for row in parsed.invalid if row.clip_id in wanted]
         missing = wanted - {row.clip_id for row in [*parsed.rows, *parsed.invalid]}

@@ -17,9 +17,9 @@ from flows.batch import RUNNER
 from flows.context import flow_settings
 from flows.execute import execute_rows
 from flows.form import Internal, titled
-from flows.kept_manifests import keep_manifest, manifest_id
-from flows.logs import hide_input_error_tracebacks
-from flows.manifest import check_local_files, parse_manifest
+from records.kept_manifests import keep_manifest, manifest_id
+from flows.logs import hide_input_error_tracebacks, run_warning
+from records.manifest import check_local_files, parse_manifest
 from model_runtime.request import DEFAULT_PROMPT, Size
 
 
@@ -80,7 +80,8 @@ def clip(
         "pose_video": pose_video, "max_segments": max_segments or "", "start_from_ref": "true" if start_from_ref else "",
     }
     text = _csv_text(cells)
-    parsed = check_local_files(parse_manifest(text, None, settings, manifest_id=manifest_id(text, {})), settings)
+    parsed = parse_manifest(text, None, settings, manifest_id=manifest_id(text, {}), warn=run_warning)
+    parsed = check_local_files(parsed, settings)
     keep_manifest(text, {}, settings.output, settings, name=f"clip {clip_id or 'from the UI'}")
     return execute_rows(f"clip {(parsed.rows or parsed.invalid)[0].clip_id}", parsed.rows, parsed.invalid, settings,
                         lookahead=1)

@@ -10,7 +10,7 @@ import io
 import textwrap
 from collections.abc import Sequence
 
-from flows.ledger import LedgerRecord
+from records.ledger import LedgerRecord
 from s2v.settings import Settings
 from s2v.storage.outputs import filesystem
 

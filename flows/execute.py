@@ -9,9 +9,10 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from flows.claims import RowClaims, flow_run_is_over, mark_dead_runs_crashed, record_dead_claims, remove_stale_work
-from flows.ledger import LedgerRecord, LedgerStore
-from flows.manifest import ClipRow, InvalidRow
+from flows.dead_runs import flow_run_is_over, mark_dead_runs_crashed
+from records.claims import RowClaims, record_dead_claims, remove_stale_work
+from records.ledger import LedgerRecord, LedgerStore
+from records.manifest import ClipRow, InvalidRow
 from flows.pipeline import record_invalid_rows, run_rows
 from flows.report import BatchReport, final_state
 from s2v.settings import Settings

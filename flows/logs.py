@@ -1,4 +1,4 @@
-"""Keep tracebacks of the user's own input problems out of the run logs.
+"""The run logs: a warning into the run's log, and no tracebacks of the user's own input problems.
 
 Prefect logs a failed task with its traceback. For an S2V error (a bad row, a missing file, a refused
 URL) the message already says what to fix, and a traceback would only bury it; other exceptions keep
@@ -29,3 +29,14 @@ def hide_input_error_tracebacks() -> None:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+
+
+def run_warning(message: str) -> None:
+    """A warning in the current run's log (the UI shows it); outside a run, the module's logger."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        get_run_logger().warning(message)
+    except MissingContextError:
+        logging.getLogger(__name__).warning(message)

@@ -15,7 +15,7 @@ from pydantic import Field
 from flows.context import flow_settings
 from flows.fleet import ROW_DEPLOYMENT, FleetLimits
 from flows.form import Internal, options_field, titled
-from flows.inbox import Inbox
+from records.inbox import Inbox
 from flows.logs import hide_input_error_tracebacks
 from flows.scale_out import run_on_fleet
 from model_runtime.request import GenerationOptions

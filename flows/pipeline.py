@@ -24,13 +24,13 @@ from pathlib import Path
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
-from flows.claims import RowClaims
-from flows.ledger import LedgerRecord, LedgerStore
-from flows.manifest import ClipRow, InvalidRow
+from records.claims import RowClaims
+from records.ledger import LedgerRecord, LedgerStore
+from records.manifest import ClipRow, InvalidRow
 from s2v.errors import GenerationCancelled, S2VError
 from s2v.settings import Settings
 from s2v.storage.locations import output_location
-from s2v.row_checks import check_speech_time, row_error
+from records.row_checks import check_speech_time, row_error
 from s2v.storage.redaction import redact
 from tasks.download import DownloadedInputs, download_inputs
 from tasks.encode import encode_audio

@@ -30,7 +30,7 @@ from prefect.artifacts import (
 )
 from prefect.states import Completed, Failed, State
 
-from flows.ledger import LedgerRecord
+from records.ledger import LedgerRecord
 from s2v.errors import BatchFailed
 from s2v.quality.fields import qc_flag_text
 from s2v.settings import Settings

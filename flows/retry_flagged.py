@@ -20,10 +20,10 @@ from flows.batch import RUNNER
 from flows.context import flow_settings
 from flows.execute import execute_rows
 from flows.form import Internal, titled
-from flows.kept_manifests import load_manifest
-from flows.ledger import LedgerRecord, load_ledger
-from flows.logs import hide_input_error_tracebacks
-from flows.manifest import ClipRow, options_hash_of, parse_manifest
+from records.kept_manifests import load_manifest
+from records.ledger import LedgerRecord, load_ledger
+from flows.logs import hide_input_error_tracebacks, run_warning
+from records.manifest import ClipRow, options_hash_of, parse_manifest
 from s2v.errors import ManifestError
 from s2v.settings import Settings
 
@@ -66,7 +66,7 @@ def flagged_rows(flagged: list[LedgerRecord], settings: Settings) -> list[ClipRo
         except ManifestError as exc:  # the other manifests' clips are still remade
             logger.error("%d flagged clip(s) cannot be remade: %s", len(wanted), exc)
             continue
-        parsed = parse_manifest(kept.text, kept.defaults, settings, manifest_id=kept_id)
+        parsed = parse_manifest(kept.text, kept.defaults, settings, manifest_id=kept_id, warn=run_warning)
         rows += [with_new_seed(row, wanted[row.clip_id].seed) for row in parsed.rows if row.clip_id in wanted]
     return sorted(rows, key=lambda row: row.row)
 

@@ -7,11 +7,11 @@ from prefect.states import State
 from flows.batch import RUNNER
 from flows.context import flow_settings
 from flows.execute import execute_rows
-from flows.kept_manifests import load_manifest
-from flows.logs import hide_input_error_tracebacks
-from flows.manifest import check_local_files, parse_manifest
+from records.kept_manifests import load_manifest
+from flows.logs import hide_input_error_tracebacks, run_warning
+from records.manifest import check_local_files, parse_manifest
 from s2v.errors import ManifestError
-from s2v.row_checks import FILE_FIELDS
+from records.row_checks import FILE_FIELDS
 
 
 @flow(name="s2v-row", task_runner=RUNNER)
@@ -31,7 +31,7 @@ def row(output: str, manifest: str, clip_id: str, row: int = 0, checkpoint: str 
     hide_input_error_tracebacks()
     settings = flow_settings(output, checkpoint, model_server)
     kept = load_manifest(settings.output, manifest, settings)
-    parsed = parse_manifest(kept.text, kept.defaults, settings, manifest_id=manifest)
+    parsed = parse_manifest(kept.text, kept.defaults, settings, manifest_id=manifest, warn=run_warning)
     given = {name: uri for name, uri in files.items() if name in FILE_FIELDS}
     parsed.rows = [r.model_copy(update=given) if r.clip_id == clip_id else r for r in parsed.rows]
     parsed = check_local_files(parsed, settings)

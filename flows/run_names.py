@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from s2v.storage.manifests import is_csv_text
+from records.manifest_text import is_csv_text
 from s2v.storage.redaction import redact
 
 log = logging.getLogger(__name__)

@@ -14,16 +14,16 @@ from pydantic import Field
 from flows.context import flow_settings
 from flows.fleet import ROW_DEPLOYMENT, FleetLimits, hand_out
 from flows.form import Internal, options_field, titled
-from flows.kept_manifests import keep_manifest, manifest_id
-from flows.ledger import LedgerStore
-from flows.logs import hide_input_error_tracebacks
-from flows.manifest import parse_manifest
+from records.kept_manifests import keep_manifest, manifest_id
+from records.ledger import LedgerStore
+from flows.logs import hide_input_error_tracebacks, run_warning
+from records.manifest import parse_manifest
 from flows.run_names import manifest_label, name_run
 from flows.report import BatchReport, final_state
 from model_runtime.request import GenerationOptions
 from s2v.settings import Settings
 from s2v.storage.redaction import redact
-from s2v.storage.manifests import is_csv_text
+from records.manifest_text import is_csv_text
 from tasks.manifest import fetch_manifest
 
 
@@ -33,7 +33,7 @@ def run_on_fleet(title: str, text: str, name: str, defaults: GenerationOptions, 
     """Parse and keep the manifest, hand its rows to the GPU pool, wait, report; the run's final state."""
     chosen = defaults.model_dump(mode="json")
     # Local files are checked by each row's run, on the GPU host that reads them.
-    parsed = parse_manifest(text, chosen, settings, manifest_id=manifest_id(text, chosen))
+    parsed = parse_manifest(text, chosen, settings, manifest_id=manifest_id(text, chosen), warn=run_warning)
     keep_manifest(text, chosen, settings.output, settings, name=name)
     order = sorted([*parsed.rows, *parsed.invalid], key=lambda row: row.row)
     if label:  # a nightly run holds many manifests: only scale-out is named after its one

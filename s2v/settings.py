@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     server_load_timeout_s: float = Field(1800.0, gt=0)
     server_connect_timeout_s: float = Field(5.0, gt=0)
 
-    # The CLI's local Prefect API (s2v/local_api.py)
+    # The CLI's local Prefect API (cli/local_api.py)
     local_api_dir: Path | None = Field(None, description="its home (SQLite database, log); unset = <cache_dir>/prefect-api")
 
     # Inputs

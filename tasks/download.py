@@ -24,7 +24,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from s2v.errors import S2VError, TransientError
-from s2v.media_checks import check_audio, check_image, check_lora, check_pose_video
+from records.media_checks import check_audio, check_image, check_lora, check_pose_video
 from s2v.quality.portrait import PortraitCheck, preflight_portrait
 from s2v.settings import Settings, get_settings
 from s2v.storage.fetch import FetchedInput, fetch_input, local_file

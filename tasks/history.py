@@ -12,7 +12,7 @@ from tasks.download import DownloadedInputs
 from tasks.io_retries import IO_TASK_OPTIONS
 
 if TYPE_CHECKING:  # the flows hand the ledger in; tasks sit below flows
-    from flows.ledger import LedgerRecord, LedgerStore
+    from records.ledger import LedgerRecord, LedgerStore
 
 
 @dataclass(frozen=True)

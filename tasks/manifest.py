@@ -5,7 +5,7 @@ from prefect import task
 
 from s2v.errors import ManifestError
 from s2v.settings import Settings
-from s2v.storage.manifests import decode_manifest, manifest_text
+from records.manifest_text import decode_manifest, manifest_text
 from tasks.io_retries import IO_TASK_OPTIONS
 
 

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from flows.claims import RowClaims, dead_claims, read_newest_claim, record_dead_claims
-from flows.ledger import LedgerRecord, LedgerStore
+from records.claims import RowClaims, dead_claims, read_newest_claim, record_dead_claims
+from records.ledger import LedgerRecord, LedgerStore
 from s2v.settings import Settings
 from s2v.storage.locations import output_location
 from s2v.storage.write_once import AlreadyWritten, create_output_text
@@ -96,7 +96,7 @@ def test_a_dead_claim_whose_row_ended_is_not_recorded_again(place):
 def test_work_folders_untouched_for_a_day_are_removed_and_fresh_ones_kept(tmp_path):
     import os
 
-    from flows.claims import remove_stale_work
+    from records.claims import remove_stale_work
 
     settings = Settings(cache_dir=tmp_path / "cache")
     rows = settings.cache_dir / "work" / "rows"
@@ -111,7 +111,7 @@ def test_work_folders_untouched_for_a_day_are_removed_and_fresh_ones_kept(tmp_pa
 
 
 def test_a_forced_exit_records_its_held_rows_interrupted_and_frees_them_for_a_rerun(tmp_path):
-    from flows.claims import abandon_held_claims
+    from records.claims import abandon_held_claims
 
     out = str(tmp_path / "out")
     settings = Settings(cache_dir=tmp_path / "cache", output=out)
@@ -138,7 +138,7 @@ def test_the_flow_run_of_a_dead_claim_is_marked_crashed_once(prefect_harness, tm
     from prefect.client.orchestration import get_client
     from prefect.states import Running
 
-    from flows.claims import mark_dead_runs_crashed
+    from flows.dead_runs import mark_dead_runs_crashed
 
     @flow(name="s2v-test-killed-batch")
     def killed_batch() -> None:

@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 
 def _s2v(*args, env=None):
     return subprocess.run(
-        [sys.executable, "-c", "from s2v.cli import app; app()", *args],
+        [sys.executable, "-c", "from cli.main import app; app()", *args],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600,
     )
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from s2v.errors import InputError, S2VError, TransientError
-from s2v.media_checks import check_pose_video, check_safetensors
+from records.media_checks import check_pose_video, check_safetensors
 from s2v.settings import Settings, load_settings
 from s2v.storage.fetch import FetchedInput, fetch_input
 from s2v.storage.transient import is_transient

@@ -8,7 +8,7 @@ from prefect.states import StateType
 
 from flows.batch import batch, retry_failed
 from flows.clip import clip
-from flows.ledger import LedgerStore, load_ledger
+from records.ledger import LedgerStore, load_ledger
 from model_runtime.video import probe
 from s2v.errors import TransientError
 from s2v.settings import load_settings

@@ -101,7 +101,7 @@ def test_handler_replies_for_lora_and_pose_video_paths_are_one_and_read_nothing(
 
 _CHECK = """
 import sys
-from s2v.cli import app
+from cli.main import app
 try:
     app(["check", sys.argv[1]])
 finally:
@@ -173,7 +173,7 @@ def test_run_to_an_unreachable_s3_endpoint_is_one_line_and_no_traceback(tmp_path
     env = _clean_env(tmp_path, S2V_CHECKPOINT=str(tiny_checkpoint), S2V_S3_ENDPOINT_URL=f"http://127.0.0.1:{port}",
                      AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
                      S2V_LOCAL_API_DIR=str(tmp_path / "no-api"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api")
-    proc = subprocess.run([sys.executable, "-c", "from s2v.cli import app; app()", "run", str(manifest), "--output", "s3://bucket/x"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-c", "from cli.main import app; app()", "run", str(manifest), "--output", "s3://bucket/x"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -194,7 +194,7 @@ def test_run_to_an_unreachable_s3_endpoint_is_one_line_and_no_traceback(tmp_path
 def test_a_manifest_file_is_read_as_its_content_never_as_a_location(tmp_path, content, message):
     from pathlib import Path
 
-    from flows.manifest import parse_manifest
+    from records.manifest import parse_manifest
 
     manifest = tmp_path / "m.csv"
     manifest.write_bytes(content)
@@ -210,7 +210,7 @@ def test_batch_refuses_bad_files_and_long_speech_before_the_model_in_the_manifes
     prefect_harness, s2v_env, tmp_path, monkeypatch, tiny_checkpoint, http_server,
 ):
     from flows.batch import batch
-    from flows.ledger import load_ledger
+    from records.ledger import load_ledger
 
     settings = Settings(checkpoint=tiny_checkpoint, cache_dir=tmp_path / "cache", device="cpu")
     plain = _bad_loras(tmp_path / "loras", dit_parameter_shapes(settings))["no-lora-keys"]
@@ -269,7 +269,7 @@ def test_nightly_with_its_output_down_leaves_every_manifest_in_the_inbox(prefect
 @pytest.mark.slow
 def test_kept_manifests_hold_no_credentials_and_a_retry_says_what_it_needs(prefect_harness, s2v_env, tmp_path):
     from flows.batch import batch, retry_failed
-    from flows.ledger import load_ledger
+    from records.ledger import load_ledger
     from flows.row import row
 
     # Loopback is refused (not in S2V_ALLOWED_HOSTS): the rows fail at once, without the network.

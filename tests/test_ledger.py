@@ -13,7 +13,7 @@ import boto3
 import pandas as pd
 import pytest
 
-from flows.ledger import CSV_NAME, JSONL_NAME, Ledger, LedgerRecord, LedgerStore, load_ledger
+from records.ledger import CSV_NAME, JSONL_NAME, Ledger, LedgerRecord, LedgerStore, load_ledger
 from s2v.settings import Settings
 from tests.conftest import ROOT
 
@@ -99,7 +99,7 @@ def test_records_of_an_older_ledger_stay_through_compaction(tmp_path, settings):
 
 _WRITER = """
 import sys
-from flows.ledger import LedgerRecord, LedgerStore
+from records.ledger import LedgerRecord, LedgerStore
 from s2v.errors import TransientError
 from s2v.settings import Settings
 out, cache, name, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

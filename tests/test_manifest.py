@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.manifest import ClipOptions, ClipRow, parse_manifest
+from records.manifest import ClipOptions, ClipRow, parse_manifest
 from model_runtime.request import GenerationRequest
 from s2v.errors import InputError, ManifestError
 from s2v.settings import Settings

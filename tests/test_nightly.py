@@ -5,7 +5,7 @@ import pytest
 from prefect.states import Completed
 
 from flows import nightly as nightly_module
-from flows.inbox import Inbox
+from records.inbox import Inbox
 from flows.nightly import nightly
 from s2v.settings import Settings
 from tests.conftest import EXAMPLES

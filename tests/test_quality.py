@@ -125,7 +125,7 @@ def test_check_shows_each_portraits_face_and_refuse_makes_a_faceless_row_bad(mod
 
     from rich.console import Console
 
-    from s2v.check_cli import check_manifest
+    from cli.check import check_manifest
 
     coffee = tmp_path / "coffee.png"
     Image.fromarray(skimage_data.coffee()).save(coffee)
@@ -148,7 +148,7 @@ def test_the_run_summary_shows_what_the_checks_flagged():
 
     from rich.console import Console
 
-    from s2v.batch_cli import print_summary
+    from cli.batch import print_summary
 
     records = [
         {"row": 2, "clip_id": "face", "status": "succeeded", "url": "face.mp4", "error": None, "total_time": 9.0,

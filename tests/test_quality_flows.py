@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from flows.batch import batch
-from flows.ledger import load_ledger
+from records.ledger import load_ledger
 from flows.retry_flagged import retry_flagged
 from s2v.settings import load_settings
 from tests.conftest import EXAMPLES

@@ -20,7 +20,7 @@ PORTRAIT, SPEECH = EXAMPLES / "portrait_anna.jpg", EXAMPLES / "speech_short.wav"
 @pytest.fixture(scope="module")
 def local_api_dir(tmp_path_factory):
     """One local Prefect API for these tests, as on a person's machine; stopped at the end."""
-    from s2v.local_api import stop_local_api
+    from cli.local_api import stop_local_api
     from s2v.settings import Settings
 
     folder = tmp_path_factory.mktemp("local-api")
@@ -41,7 +41,7 @@ def cli_env(tiny_checkpoint, tmp_path, local_api_dir):
 
 
 def _s2v(*args) -> list[str]:
-    return [sys.executable, "-c", "from s2v.cli import app; app()", *args]
+    return [sys.executable, "-c", "from cli.main import app; app()", *args]
 
 
 def _records(out):
@@ -212,7 +212,7 @@ def test_check_reports_every_row_without_the_model(cli_env, tmp_path):
     broken.write_bytes(b"\xff\xd8 truncated upload")
     manifest = _manifest(tmp_path, "manifest.csv", [f"good,{PORTRAIT},{SPEECH},15", f"broken,{broken},{SPEECH},15",
                                                    f"gone,{tmp_path / 'nope.jpg'},{SPEECH},15", f"steps,{PORTRAIT},{SPEECH},99"])
-    code = "import sys\nfrom s2v.cli import app\ntry:\n    app()\nfinally:\n    assert 'torch' not in sys.modules\n"
+    code = "import sys\nfrom cli.main import app\ntry:\n    app()\nfinally:\n    assert 'torch' not in sys.modules\n"
     check = subprocess.run([sys.executable, "-c", code, "check", str(manifest)], env={**cli_env, "COLUMNS": "200"},
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert check.returncode == 1, check.stderr[-2000:]

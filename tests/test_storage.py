@@ -446,7 +446,7 @@ def test_audio_checks_name_the_source_and_the_reason(tmp_path):
     import numpy as np
     import soundfile
 
-    from s2v.media_checks import check_audio
+    from records.media_checks import check_audio
 
     assert check_audio(fetched(EXAMPLES / "speech_news.flac", "audio"), 600) == (pytest.approx(7.573, abs=0.01), 16000)
     blip = tmp_path / "blip.wav"
@@ -462,7 +462,7 @@ def test_audio_checks_name_the_source_and_the_reason(tmp_path):
 
 
 def test_image_check_names_the_source(tmp_path):
-    from s2v.media_checks import check_image
+    from records.media_checks import check_image
 
     assert check_image(fetched(EXAMPLES / "portrait_ben.png", "image"))[0] > 0
     fake = tmp_path / "fake.jpg"

@@ -33,7 +33,7 @@ def _browser_class():
 
 
 def test_the_local_ui_shows_the_batch_by_name_its_logs_and_its_partial_state(tiny_checkpoint, tmp_path):
-    from s2v.local_api import stop_local_api
+    from cli.local_api import stop_local_api
     from s2v.settings import Settings
 
     api_dir, shots = tmp_path / "local-api", os.environ.get("S2V_UI_SHOTS")
@@ -49,7 +49,7 @@ def test_the_local_ui_shows_the_batch_by_name_its_logs_and_its_partial_state(tin
                         f"broken,{broken},{speech},15\n")
     browser = None
     try:
-        s2v = [sys.executable, "-c", "from s2v.cli import app; app()"]
+        s2v = [sys.executable, "-c", "from cli.main import app; app()"]
         done = subprocess.run([*s2v, "run", str(manifest), "--output", str(tmp_path / "out")], env=env, cwd=tmp_path,
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 1, done.stderr  # as documented: 1 when a row failed

@@ -107,7 +107,7 @@ def _fetch(job_input: dict, work: Path, settings: Settings) -> tuple[FetchedInpu
     """The download stage's steps (tasks/download.py) without its Prefect task wrapper: every field
     that names a file, fetched under the one input policy and checked (a LoRA by its header against
     this model's DiT), before the model server sees the job."""
-    from s2v.row_checks import check_fetched
+    from records.row_checks import check_fetched
     from s2v.storage.fetch import fetch_input
 
     fetched = []
@@ -139,7 +139,7 @@ def _generate_cold(request: GenerationRequest, video: Path) -> dict:
     """v1: a fresh process loads the model for this job alone, as the seed's first handler did."""
     options = request.model_dump(exclude={"image_path", "audio_path"}, exclude_none=True, exclude_defaults=True)
     flags = [f"--{name.replace('_', '-')}" + ("" if value is True else f"={value}") for name, value in options.items()]
-    command = [sys.executable, "-c", "from s2v.cli import app; app()", "generate", "--image", str(request.image_path),
+    command = [sys.executable, "-c", "from cli.main import app; app()", "generate", "--image", str(request.image_path),
                "--audio", str(request.audio_path), "--out", str(video), *flags]
     proc = subprocess.run(command, check=False, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -1,4 +1,4 @@
-"""The quality checks' results as the `qc_*` fields of a ledger record (flows/ledger.py declares them)."""
+"""The quality checks' results as the `qc_*` fields of a ledger record (records/ledger.py declares them)."""
 from __future__ import annotations
 
 from s2v.quality.clip import ClipCheck

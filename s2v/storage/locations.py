@@ -6,14 +6,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from s2v.errors import InputError
+from s2v.storage.redaction import redact, scheme_of
 
 URL_SCHEMES = ("http", "https", "s3")
 SAFE_KEY_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-
-
-def scheme_of(raw: str) -> str:
-    # A one-letter "scheme" is a Windows drive ("C:\\media\\a.wav"): a local path.
-    return raw.lower() if len(raw) > 1 else ""
 
 
 def uri_scheme(uri: str) -> str:
@@ -26,8 +22,6 @@ def uri_scheme(uri: str) -> str:
 
 def check_scheme(uri: str, field: str) -> str:
     """The scheme of `uri`, or InputError when it is not one the pipeline reads."""
-    from s2v.storage.redaction import redact
-
     scheme = uri_scheme(uri)
     if scheme not in ("", "file", *URL_SCHEMES):
         raise InputError(field, redact(uri), f"unsupported scheme {scheme!r}; use a local path, file://, http(s):// or s3://")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
-from s2v.storage.locations import scheme_of
 
 # Query parameters that sign or expire a URL (S3/R2, GCS, Azure SAS, CloudFront, OAuth). They change
 # every time a link is re-signed, so they are left out of a URI's identity.
@@ -22,27 +22,19 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _URL_IN_CSV = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s,'\"<>]+")
 
 
+def scheme_of(raw: str) -> str:
+    """A URI's scheme, lower case; '' for a local path."""
+    # A one-letter "scheme" is a Windows drive ("C:\\media\\a.wav"): a local path.
+    return raw.lower() if len(raw) > 1 else ""
+
+
 def redact(uri: str) -> str:
     """`uri` safe to show: userinfo becomes `***`, every query value `REDACTED`, the fragment goes.
 
     All query values are hidden, not only the ones known to be signatures: a token under a name
     nobody listed would otherwise leak. Local paths come back unchanged.
     """
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<unparseable URI>"
-    if scheme_of(parts.scheme) == "":
-        return uri
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = "&".join(
-        f"{piece.partition('=')[0]}=REDACTED" if "=" in piece else "REDACTED"
-        for piece in parts.query.split("&")
-        if piece
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    return _hide_secrets(uri, _hide_value, keep_fragment=False)
 
 
 def scrub(text: str, *uris: str) -> str:
@@ -69,6 +61,20 @@ def stable_uri(uri: str) -> str:
 def without_credentials(uri: str) -> str:
     """`uri` with its userinfo as `***` and the values of signing parameters `REDACTED`; every other
     part stays, so the link still says which file it was. A URI whose secret is gone cannot be fetched."""
+    return _hide_secrets(uri, _hide_signature, keep_fragment=True)
+
+
+def _hide_value(piece: str) -> str:
+    return f"{piece.partition('=')[0]}=REDACTED" if "=" in piece else "REDACTED"
+
+
+def _hide_signature(piece: str) -> str:
+    name = piece.partition("=")[0]
+    return f"{name}=REDACTED" if _SIGNING_PARAM.match(name) else piece
+
+
+def _hide_secrets(uri: str, hide: Callable[[str], str], keep_fragment: bool) -> str:
+    """`uri` with its userinfo as `***` and each query piece through `hide`; local paths unchanged."""
     try:
         parts = urlsplit(uri)
     except ValueError:
@@ -76,12 +82,8 @@ def without_credentials(uri: str) -> str:
     if scheme_of(parts.scheme) == "":
         return uri
     netloc = "***@" + parts.netloc.rpartition("@")[2] if "@" in parts.netloc else parts.netloc
-    query = "&".join(
-        f"{piece.partition('=')[0]}=REDACTED" if _SIGNING_PARAM.match(piece.partition("=")[0]) else piece
-        for piece in parts.query.split("&")
-        if piece
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    query = "&".join(hide(piece) for piece in parts.query.split("&") if piece)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment if keep_fragment else ""))
 
 
 def text_without_credentials(text: str) -> str:

@@ -23,7 +23,7 @@ FILE_FIELDS = ("image", "audio", "lora", "pose_video")
 def check_fetched(fetched: FetchedInput, settings: Settings) -> dict:
     """What the file in `fetched` is, by its field: {"width", "height"}, {"seconds", "sample_rate"},
     {"lora_targets"} or {"pose_size"}; InputError if it is not what its field needs."""
-    from s2v.media_checks import check_audio, check_image, check_lora, check_pose_video
+    from records.media_checks import check_audio, check_image, check_lora, check_pose_video
 
     field = fetched.field.removesuffix("_url")
     if field == "image":

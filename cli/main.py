@@ -153,7 +153,7 @@ def retry(
 def _run_batch(manifest, output, checkpoint, server, lookahead, verbose, flagged: bool = False) -> None:
     from rich.console import Console
 
-    from s2v.batch_cli import run_batch
+    from cli.batch import run_batch
 
     console = Console(stderr=True)
     try:
@@ -175,7 +175,7 @@ def check(
     """
     from rich.console import Console
 
-    from s2v.check_cli import check_manifest
+    from cli.check import check_manifest
 
     console = Console()
     try:
@@ -194,7 +194,7 @@ def ui(
     import sys
     import webbrowser
 
-    from s2v.local_api import ensure_local_api
+    from cli.local_api import ensure_local_api
 
     try:  # the same API `s2v run` uses: PREFECT_API_URL's server when set, else the local one
         api = os.environ.get("PREFECT_API_URL") or ensure_local_api(_settings())
@@ -213,11 +213,11 @@ def local_api(
     force: bool = typer.Option(False, "--force", help="stop it even while a batch uses it (that batch's rows stop)"),
 ) -> None:
     """The local Prefect API that `s2v run` and `s2v retry` share on this machine (started on first use)."""
-    from s2v.local_api import api_home, running_url, stop_local_api
+    from cli.local_api import api_home, running_url, stop_local_api
 
     settings = _settings()
     if action == "stop":
-        from s2v.local_api_users import local_api_in_use
+        from cli.local_api_users import local_api_in_use
 
         if not force and local_api_in_use(api_home(settings)):
             typer.echo("refused: a running s2v command uses the local API (its rows would fail); wait for it, "

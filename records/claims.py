@@ -183,7 +183,7 @@ def _now() -> datetime:
 def record_dead_claims(output: str, settings: Settings) -> list[RowClaim]:
     """Record `interrupted` every row whose run died holding its claim and left no record after it; returns
     those claims. Idempotent: once recorded, the record stands after the claim and it is not recorded again."""
-    from flows.ledger import LedgerRecord, LedgerStore
+    from records.ledger import LedgerRecord, LedgerStore
 
     store = LedgerStore(output, settings)
     recorded = []
@@ -203,33 +203,6 @@ def record_dead_claims(output: str, settings: Settings) -> list[RowClaim]:
         log.warning("%d row(s) whose run died mid-row recorded as interrupted: %s", len(recorded),
                     ", ".join(claim.clip_id for claim in recorded))
     return recorded
-
-
-def mark_dead_runs_crashed(output: str, settings: Settings) -> int:
-    """Mark Crashed the flow runs that hold dead claims and still say Running (a kill -9 leaves them so);
-    returns how many. Best effort: the rows are recorded either way."""
-    from prefect import get_client
-    from prefect.states import Crashed
-
-    run_ids = {claim.flow_run_id for claim in dead_claims(output, settings) if claim.flow_run_id}
-    marked = 0
-    if not run_ids:
-        return 0
-    try:
-        with get_client(sync_client=True) as client:
-            for run_id in run_ids:
-                try:
-                    run = client.read_flow_run(run_id)
-                except Exception:  # a run of another Prefect server (another machine's local API)
-                    continue
-                if run.state is not None and not run.state.is_final():
-                    client.set_flow_run_state(run_id, Crashed(message="its process died mid-row (its row claim "
-                                                                      "expired); the rows it held are interrupted"),
-                                              force=True)
-                    marked += 1
-    except Exception as exc:
-        log.warning("dead runs not marked Crashed (%s: %s)", type(exc).__name__, exc)
-    return marked
 
 
 def remove_stale_work(settings: Settings, older_than_s: float = 24 * 3600) -> int:
@@ -255,7 +228,7 @@ def abandon_held_claims(reason: str) -> int:
     """Before this process exits without finishing its rows (its API lost, a stop past its grace time):
     record each row it holds `interrupted` and release it, so a rerun at once makes it instead of
     skipping it as another run's. Returns how many."""
-    from flows.ledger import LedgerRecord, LedgerStore
+    from records.ledger import LedgerRecord, LedgerStore
 
     abandoned = 0
     for claims in list(_active):
@@ -271,16 +244,3 @@ def abandon_held_claims(reason: str) -> int:
             claims.release(claim.clip_id)
             abandoned += 1
     return abandoned
-
-
-def flow_run_is_over(flow_run_id: str) -> bool:
-    """Whether Prefect says the flow run has ended (Crashed, Failed, Cancelled, Completed); False when it
-    cannot say (another server's run, the API away): then the lease decides."""
-    from prefect import get_client
-
-    try:
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(flow_run_id).state
-    except Exception:
-        return False
-    return state is not None and state.is_final()

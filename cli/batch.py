@@ -49,16 +49,16 @@ def run_batch(manifest: str | None, settings: Settings, lookahead: int, verbose:
 
 def _check_manifest(manifest: str, settings: Settings) -> int:
     """Parsed here first, so a broken manifest fails in a second, before Prefect or the model start."""
-    from flows.manifest import parse_manifest
-    from s2v.storage.manifests import manifest_text
+    from records.manifest import parse_manifest
+    from records.manifest_text import manifest_text
 
     parsed = parse_manifest(manifest_text(manifest, settings), None, settings)
     return len(parsed.rows) + len(parsed.invalid)
 
 
 def _report_retry(settings: Settings, console) -> int:
-    from flows.claims import record_dead_claims
-    from flows.ledger import load_ledger
+    from records.claims import record_dead_claims
+    from records.ledger import load_ledger
 
     record_dead_claims(settings.output, settings)  # a row whose run was killed mid-row is retried too
     failed = load_ledger(settings.output, settings).retryable()
@@ -69,7 +69,7 @@ def _report_retry(settings: Settings, console) -> int:
 
 
 def _report_flagged(settings: Settings, console) -> int:
-    from flows.ledger import load_ledger
+    from records.ledger import load_ledger
 
     flagged = load_ledger(settings.output, settings).flagged()
     console.print(f"{len(flagged)} flagged clip(s) to remake with a new seed in {settings.output}")
@@ -90,8 +90,8 @@ def _prepare_prefect(settings: Settings, verbose: bool, console) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "CRITICAL")
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "CRITICAL")
     if not os.environ.get("PREFECT_API_URL"):
-        from s2v.local_api import api_home, ensure_local_api
-        from s2v.local_api_users import hold_local_api
+        from cli.local_api import api_home, ensure_local_api
+        from cli.local_api_users import hold_local_api
 
         hold_local_api(api_home(settings))  # before the API is up: a stop meanwhile is refused too
         os.environ["PREFECT_API_URL"] = _watched_api["url"] = ensure_local_api(settings)
@@ -108,8 +108,8 @@ def _run_flow(manifest: str | None, settings: Settings, lookahead: int, total: i
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.batch import batch, retry_failed
-    from flows.claims import abandon_held_claims
-    from s2v.api_watch import EXIT_API_LOST, ApiWatch
+    from records.claims import abandon_held_claims
+    from cli.api_watch import EXIT_API_LOST, ApiWatch
     from flows.execute import row_listeners
     from model_runtime import interrupt
 
@@ -201,7 +201,7 @@ class _StopOnSignal:
         threading.Thread(target=self._exit_after_grace, daemon=True).start()
 
     def _exit_after_grace(self) -> None:
-        from flows.claims import abandon_held_claims
+        from records.claims import abandon_held_claims
 
         time.sleep(STOP_GRACE_S)
         sys.stderr.write("s2v: still busy after the grace time; quitting now (rows recorded so far are kept)\n")
@@ -214,7 +214,7 @@ def print_summary(console, summary: dict) -> None:
     from rich.markup import escape
 
     from s2v.quality.fields import qc_flag_text
-    from s2v.tables import print_table
+    from cli.tables import print_table
 
     interrupted = summary.get("interrupted", 0)
     lines = []

@@ -16,8 +16,7 @@ import io
 import json
 import logging
 import re
-import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +26,10 @@ from pydantic import BaseModel, Field, ValidationError
 from model_runtime.request import GenerationOptions, input_error_from
 from s2v.errors import InputError, ManifestError
 from s2v.settings import Settings, get_settings
-from s2v.row_checks import check_local_option_file, check_not_redacted
+from records.row_checks import check_local_option_file, check_not_redacted
 from s2v.storage.locations import check_key, check_scheme
 from s2v.storage.redaction import stable_uri
-from s2v.storage.manifests import manifest_text
+from records.manifest_text import manifest_text
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ class ClipRow(ClipOptions):  # type: ignore[misc, valid-type]
     audio: str = Field(repr=False)
     output_name: str | None = None
     options_hash: str
-    manifest: str | None = None  # id of the kept manifest copy this row came from (flows/kept_manifests.py)
+    manifest: str | None = None  # id of the kept manifest copy this row came from (records/kept_manifests.py)
 
     def options(self) -> ClipOptions:  # type: ignore[valid-type]
         """The generation options alone, as a ClipOptions."""
@@ -95,13 +94,15 @@ def parse_manifest(
     defaults: BaseModel | Mapping | None = None,
     settings: Settings | None = None,
     manifest_id: str | None = None,
+    warn: Callable[[str], None] = log.warning,
 ) -> Manifest:
     """Parse a manifest given as CSV text (a str) or by its location (a Path: local, file://, http(s)://, s3://).
 
     A str is always the manifest's content, never read as a location: an empty file, a header without
     a final newline or a file holding one URL is read as what it is.
     `defaults` (ClipOptions or a dict of its fields) fill the option cells a row leaves empty;
-    `manifest_id` is recorded in every row (the id its kept copy has under the output).
+    `manifest_id` is recorded in every row (the id its kept copy has under the output); `warn` takes
+    what is worth a warning (a flow passes its run log).
     Raises ManifestError when the manifest cannot be used as a whole; TransientError when a remote
     manifest could not be reached for now (worth retrying).
     """
@@ -138,7 +139,8 @@ def parse_manifest(
         (rows if isinstance(parsed, ClipRow) else invalid).append(parsed)
     if not rows and not invalid:
         raise ManifestError(f"the manifest has no rows, only a header; {EXPECTED}")
-    _log_warnings(warnings)
+    for warning in warnings:
+        warn(warning)
     return Manifest(rows=rows, invalid=invalid, warnings=warnings, columns=columns)
 
 
@@ -258,19 +260,3 @@ def _check_unique(clip_id: str, number: int, given: bool, seen: dict[str, int]) 
         f"rows {first} and {number} have the same image, audio and options (clip id {clip_id}); "
         "remove one or give each a distinct clip_id"
     )
-
-
-def _log_warnings(warnings: list[str]) -> None:
-    logger = log
-    # In a flow run the warnings go to its log too. Outside one (the CLI reading a manifest before its
-    # flow starts) Prefect is not imported here: its settings are fixed at import.
-    if "prefect" in sys.modules:
-        from prefect.exceptions import MissingContextError
-        from prefect.logging import get_run_logger
-
-        try:
-            logger = get_run_logger()
-        except MissingContextError:
-            pass
-    for warning in warnings:
-        logger.warning(warning)

@@ -14,7 +14,8 @@ from records.claims import RowClaims, record_dead_claims, remove_stale_work
 from records.ledger import LedgerRecord, LedgerStore
 from records.manifest import ClipRow, InvalidRow
 from flows.pipeline import record_invalid_rows, run_rows
-from flows.report import BatchReport, final_state
+from flows.outcome import final_state
+from flows.report import BatchReport
 from s2v.settings import Settings
 
 # Called with every record as its row ends, in this process (the CLI's progress bar listens here).

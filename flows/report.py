@@ -7,10 +7,6 @@ each other's cards; `1-progress-videos-nightly-3fa2`):
 - the videos: per row (manifest order) its clip id, status, a picture of it and a link a browser can
   open (presigned or public URL for S3/R2; for a local output the path, which is on the worker);
 - at the end, a summary with the cost estimate and a contact sheet (flows/contact_sheet.py).
-
-The run's final state tells the truth: Completed only when no row failed; Failed named
-"Partial (f of M failed)" when some did (the UI colours and counts states by type, never by name, so a
-Completed named anything is a green success in the runs list and the dashboard); Failed when all did.
 """
 from __future__ import annotations
 
@@ -28,13 +24,12 @@ from typing import Any
 from prefect.artifacts import (
     create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
 )
-from prefect.states import Completed, Failed, State
 
+from flows.contact_sheet import contact_sheet, picture_source
+from flows.outcome import summarize
 from records.ledger import LedgerRecord
-from s2v.errors import BatchFailed
 from s2v.quality.fields import qc_flag_text
 from s2v.settings import Settings
-from flows.contact_sheet import THUMB_WIDTH, contact_sheet, picture_source
 from s2v.storage.outputs import put_output
 
 log = logging.getLogger(__name__)
@@ -62,34 +57,6 @@ def artifact_key(output: str, name: str) -> str:
     tail = re.sub(r"[^a-z0-9]+", "-", "/".join(output.rstrip("/").split("/")[-2:]).lower()).strip("-")[-40:]
     digest = hashlib.sha256(output.encode()).hexdigest()[:4]
     return f"{CARDS.index(name) + 1}-{name}-{tail.strip('-') or 'output'}-{digest}"
-
-
-def summarize(records: Sequence[dict], gpu_cost_per_hour: float) -> dict:
-    counts = Counter(r["status"] for r in records)
-    generation_s = sum(r.get("generation_time") or 0.0 for r in records if r["status"] == "succeeded")
-    return {
-        "rows": len(records),
-        "succeeded": counts["succeeded"],
-        "failed": counts["failed"],
-        "skipped": counts["skipped"],
-        "interrupted": counts["interrupted"],
-        "generation_s": round(generation_s, 1),
-        "estimated_cost_usd": round(generation_s / 3600 * gpu_cost_per_hour, 4),
-        "tiny_checkpoint": any(r.get("tiny_checkpoint") for r in records),
-    }
-
-
-def final_state(summary: dict, title: str) -> State:
-    """Failed when every row failed; Failed named "Partial (f of M failed)" when some did; else Completed."""
-    failed = summary["failed"] + summary["interrupted"]
-    rows = summary["rows"]
-    if rows and failed == rows:
-        message = f"{title}: all {rows} row(s) failed"
-        return Failed(message=message, data=BatchFailed(message, summary))
-    if failed:
-        message = f"{title}: {failed} of {rows} row(s) failed, {summary['succeeded'] + summary['skipped']} made or kept"
-        return Failed(message=message, name=f"Partial ({failed} of {rows} failed)", data=BatchFailed(message, summary))
-    return Completed(message=f"{title}: {summary['succeeded']} succeeded, {summary['skipped']} skipped", data=summary)
 
 
 class BatchReport:

@@ -19,7 +19,8 @@ from records.ledger import LedgerStore
 from flows.logs import hide_input_error_tracebacks, run_warning
 from records.manifest import parse_manifest
 from flows.run_names import manifest_label, name_run
-from flows.report import BatchReport, final_state
+from flows.outcome import final_state
+from flows.report import BatchReport
 from model_runtime.request import GenerationOptions
 from s2v.settings import Settings
 from s2v.storage.redaction import redact

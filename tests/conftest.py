@@ -1,4 +1,8 @@
+import ast
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,12 +11,46 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
+def run_python(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter at the project's root: what it imports is what a process of its own pays."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+HEAVY = ("torch", "diffsynth", "transformers", "librosa", "prefect")
+TORCH_STACK = {"torch", "diffsynth", "transformers", "librosa"}
+
+
+def heavy_imports_after(code: str, timeout: float = 300) -> set[str]:
+    """Which of the heavy packages (HEAVY) a fresh interpreter holds after running `code`."""
+    proc = run_python(f"{code}\nimport sys\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))", timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return set(ast.literal_eval(proc.stdout.strip().splitlines()[-1]))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """One tiny random-weight checkpoint in the real layout, shared by the whole session."""
     from model_runtime.tiny_checkpoint import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "Wan2.2-S2V-tiny")
+
+
+@pytest.fixture(scope="module")
+def own_settings(tiny_checkpoint, tmp_path_factory):
+    """Settings on a test module's own copy of the tiny checkpoint: the warm cache is per process, and
+    another module may have loaded (and changed the options of) the shared one."""
+    from s2v.settings import Settings
+
+    checkpoint = tmp_path_factory.mktemp("own") / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    return Settings(checkpoint=checkpoint, device="cpu", cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def tiny_request(image, audio, **overrides):
+    """A generation request as small as the tiny model allows: 15 steps, a fixed seed."""
+    from model_runtime.request import GenerationRequest
+
+    return GenerationRequest.parse({"image_path": image, "audio_path": audio, "sample_steps": 15, "seed": 0, **overrides})
 
 
 @pytest.fixture

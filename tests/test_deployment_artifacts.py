@@ -1,4 +1,4 @@
-"""The Docker image definition, the GPU host start script and the seed's RunPod handler."""
+"""The Docker image definition, the GPU host start script and the RunPod handler with the original server's API."""
 import ast
 import json
 import os

@@ -6,30 +6,19 @@ import pytest
 import soundfile
 
 from model_runtime import warm_cache
-from model_runtime.request import FPS, GenerationRequest
+from model_runtime.request import FPS
 from model_runtime.service import InProcessRuntime
 from model_runtime.video import mux_speech, probe, write_silent_mp4
 from s2v.errors import CheckpointError, GenerationTimeout, InputError, MuxError
 from s2v.settings import Settings
+from tests.conftest import tiny_request
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def settings(tiny_checkpoint, tmp_path_factory):
-    # A copy of its own: the warm cache is per process, and another module may have loaded the shared one.
-    checkpoint = tmp_path_factory.mktemp("own") / "ckpt"
-    shutil.copytree(tiny_checkpoint, checkpoint)
-    return Settings(checkpoint=checkpoint, device="cpu", cache_dir=tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
-def runtime(settings):
-    return InProcessRuntime(settings)
-
-
-def _request(image, audio, **overrides):
-    return GenerationRequest.parse({"image_path": image, "audio_path": audio, "sample_steps": 15, "seed": 0, **overrides})
+def runtime(own_settings):
+    return InProcessRuntime(own_settings)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +27,7 @@ def first_result(runtime, tmp_path_factory):
 
     loads_before = warm_cache.load_count
     out = tmp_path_factory.mktemp("out") / "clip.mp4"
-    result = runtime.generate(_request(EXAMPLES / "portrait_anna.jpg", EXAMPLES / "speech_hello.wav"), out)
+    result = runtime.generate(tiny_request(EXAMPLES / "portrait_anna.jpg", EXAMPLES / "speech_hello.wav"), out)
     return result, warm_cache.load_count - loads_before
 
 
@@ -69,7 +58,7 @@ def test_second_request_is_warm_and_does_not_reload(first_result, runtime, portr
     result, loads = first_result
     assert loads == 1 and result.warm_model is False
     loads_before = warm_cache.load_count
-    second = runtime.generate(_request(portrait, short_speech), tmp_path / "b.mp4")
+    second = runtime.generate(tiny_request(portrait, short_speech), tmp_path / "b.mp4")
     assert second.warm_model is True
     assert warm_cache.load_count == loads_before
 
@@ -93,7 +82,7 @@ def test_concurrent_first_requests_load_once(tiny_checkpoint, tmp_path, monkeypa
 def test_audio_features_saved_then_used(runtime, portrait, short_speech, tmp_path):
     features = runtime.encode_audio(short_speech, tmp_path / "feat.safetensors")
     assert features.path.is_file() and features.segments >= 1
-    result = runtime.generate(_request(portrait, short_speech), tmp_path / "c.mp4", features=features)
+    result = runtime.generate(tiny_request(portrait, short_speech), tmp_path / "c.mp4", features=features)
     assert result.segments == features.segments and result.frames == features.frames
 
 
@@ -101,7 +90,7 @@ def test_undecodable_image(runtime, tmp_path, short_speech):
     bad = tmp_path / "face.jpg"
     bad.write_text("not an image")
     with pytest.raises(InputError) as err:
-        runtime.generate(_request(bad, short_speech), tmp_path / "x.mp4")
+        runtime.generate(tiny_request(bad, short_speech), tmp_path / "x.mp4")
     assert err.value.field == "image" and "not a decodable image" in str(err.value)
 
 
@@ -110,7 +99,7 @@ def test_empty_or_non_audio_file(runtime, tmp_path, portrait, content):
     bad = tmp_path / "speech.wav"
     bad.write_bytes(content)
     with pytest.raises(InputError) as err:
-        runtime.generate(_request(portrait, bad), tmp_path / "x.mp4")
+        runtime.generate(tiny_request(portrait, bad), tmp_path / "x.mp4")
     assert err.value.field == "audio"
     assert not (tmp_path / "x.mp4").exists()
 
@@ -123,11 +112,11 @@ def test_missing_checkpoint_file_fails_at_once(tiny_checkpoint, tmp_path):
         warm_cache.get_model(copy, Settings(checkpoint=copy, device="cpu"))
 
 
-def test_generation_timeout_is_enforced(settings, portrait, short_speech, tmp_path):
+def test_generation_timeout_is_enforced(own_settings, portrait, short_speech, tmp_path):
     # A cache of its own: a measured speed there would refuse this request up front instead.
-    runtime = InProcessRuntime(settings.model_copy(update={"generation_timeout_s": 0.001, "cache_dir": tmp_path / "cache"}))
+    runtime = InProcessRuntime(own_settings.model_copy(update={"generation_timeout_s": 0.001, "cache_dir": tmp_path / "cache"}))
     with pytest.raises(GenerationTimeout, match="limit"):
-        runtime.generate(_request(portrait, short_speech), tmp_path / "late.mp4")
+        runtime.generate(tiny_request(portrait, short_speech), tmp_path / "late.mp4")
     assert not (tmp_path / "late.mp4").exists()
 
 

@@ -1,7 +1,6 @@
 """The official generator's options on the real pipeline with the tiny checkpoint (CPU): official sizes,
 max_segments, start_from_ref, pose video, and the fallback when compiling the DiT blocks fails."""
 import logging
-import shutil
 
 import imageio_ffmpeg
 import numpy as np
@@ -11,11 +10,11 @@ from PIL import Image
 from model_runtime import speed, warm_cache
 from model_runtime.generate import DROP_FIRST_FRAMES, plan_segments
 from model_runtime.pose import load_pose_frames
-from model_runtime.request import FPS, GenerationRequest, Preset, output_size, size_preset
+from model_runtime.request import FPS, Preset, output_size, size_preset
 from model_runtime.service import InProcessRuntime
 from model_runtime.tiny_checkpoint import FRAMES_PER_SEGMENT, SIZE_AREA_DIVISOR
 from model_runtime.video import probe
-from s2v.settings import Settings
+from tests.conftest import tiny_request
 
 pytestmark = pytest.mark.slow
 
@@ -70,19 +69,8 @@ def test_segment_plan(frames, ref, limit, expected):
 
 
 @pytest.fixture(scope="module")
-def settings(tiny_checkpoint, tmp_path_factory):
-    checkpoint = tmp_path_factory.mktemp("own") / "ckpt"
-    shutil.copytree(tiny_checkpoint, checkpoint)
-    return Settings(checkpoint=checkpoint, device="cpu", cache_dir=tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
-def runtime(settings):
-    return InProcessRuntime(settings)
-
-
-def _request(image, audio, **overrides):
-    return GenerationRequest.parse({"image_path": image, "audio_path": audio, "sample_steps": 15, "seed": 0, **overrides})
+def runtime(own_settings):
+    return InProcessRuntime(own_settings)
 
 
 def _frames(video):
@@ -95,7 +83,7 @@ def _frames(video):
 @pytest.fixture(scope="module")
 def one_segment(runtime, portrait_path, short_speech_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("base") / "base.mp4"
-    return runtime.generate(_request(portrait_path, short_speech_path, max_segments=1), out)
+    return runtime.generate(tiny_request(portrait_path, short_speech_path, max_segments=1), out)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +103,7 @@ def short_speech_path():
 def test_official_size_sets_the_area_and_the_image_sets_the_orientation(runtime, short_speech_path, tmp_path):
     landscape = tmp_path / "landscape.png"
     Image.new("RGB", (640, 360), (120, 90, 60)).save(landscape)
-    result = runtime.generate(_request(landscape, short_speech_path, size="480*832", max_segments=1), tmp_path / "s.mp4")
+    result = runtime.generate(tiny_request(landscape, short_speech_path, size="480*832", max_segments=1), tmp_path / "s.mp4")
     official = size_preset("480*832")
     expected = output_size(640, 360, Preset(official.max_area // SIZE_AREA_DIVISOR, official.shift))
     assert (result.width, result.height) == expected and result.width > result.height
@@ -127,7 +115,7 @@ def test_official_size_sets_the_area_and_the_image_sets_the_orientation(runtime,
 def test_max_segments_stops_early(runtime, portrait_path, tmp_path):
     from tests.conftest import EXAMPLES
 
-    result = runtime.generate(_request(portrait_path, EXAMPLES / "speech_hello.wav", max_segments=2), tmp_path / "p.mp4")
+    result = runtime.generate(tiny_request(portrait_path, EXAMPLES / "speech_hello.wav", max_segments=2), tmp_path / "p.mp4")
     assert (result.segments, result.max_segments) == (2, 2)
     assert result.frames == 2 * FRAMES_PER_SEGMENT - DROP_FIRST_FRAMES  # the speech would need 6 segments
     info = probe(result.video_path)
@@ -136,7 +124,7 @@ def test_max_segments_stops_early(runtime, portrait_path, tmp_path):
 
 def test_start_from_ref_keeps_the_first_frames(one_segment, runtime, portrait_path, short_speech_path, tmp_path):
     result = runtime.generate(
-        _request(portrait_path, short_speech_path, max_segments=1, start_from_ref=True), tmp_path / "r.mp4"
+        tiny_request(portrait_path, short_speech_path, max_segments=1, start_from_ref=True), tmp_path / "r.mp4"
     )
     assert one_segment.frames == FRAMES_PER_SEGMENT - DROP_FIRST_FRAMES
     assert result.frames == FRAMES_PER_SEGMENT and result.start_from_ref
@@ -147,41 +135,41 @@ def test_pose_video_of_another_length_and_rate_drives_the_pose_branch(
     one_segment, runtime, portrait_path, short_speech_path, tmp_path
 ):
     pose = _write_video(tmp_path / "pose.mp4", _colors(9), fps=30, size=(120, 64))
-    result = runtime.generate(_request(portrait_path, short_speech_path, max_segments=1, pose_video=str(pose)),
+    result = runtime.generate(tiny_request(portrait_path, short_speech_path, max_segments=1, pose_video=str(pose)),
                               tmp_path / "pose-driven.mp4")
     assert result.pose_video == str(pose) and result.frames == one_segment.frames
     assert not np.array_equal(_frames(result.video_path), _frames(one_segment.video_path))
 
 
 def test_failed_compile_falls_back_to_eager_with_a_warning(
-    settings, portrait_path, short_speech_path, tmp_path, monkeypatch, caplog
+    own_settings, portrait_path, short_speech_path, tmp_path, monkeypatch, caplog
 ):
     def broken_backend(graph, example_inputs):
         raise RuntimeError("no compiler here")
 
-    assert not speed.resolve(settings, "cpu").compile  # auto never compiles on CPU
-    assert speed.resolve(settings, "cuda").compile
+    assert not speed.resolve(own_settings, "cpu").compile  # auto never compiles on CPU
+    assert speed.resolve(own_settings, "cuda").compile
     monkeypatch.setattr(speed, "COMPILE_BACKEND", broken_backend)
-    compiled = settings.model_copy(update={"compile": "on"})
+    compiled = own_settings.model_copy(update={"compile": "on"})
     model, _ = warm_cache.get_model(None, compiled)
     assert speed.blocks_compiled(model.pipe.dit)
     with caplog.at_level(logging.WARNING, logger="model_runtime.generate"):
         result = InProcessRuntime(compiled).generate(
-            _request(portrait_path, short_speech_path, max_segments=1), tmp_path / "eager.mp4"
+            tiny_request(portrait_path, short_speech_path, max_segments=1), tmp_path / "eager.mp4"
         )
     assert result.frames > 0 and not speed.blocks_compiled(model.pipe.dit)
     assert any("torch.compile of the DiT blocks failed" in r.getMessage() for r in caplog.records)
 
 
-def test_fp8_is_refused_where_it_cannot_run(settings):
+def test_fp8_is_refused_where_it_cannot_run(own_settings):
     from s2v.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="S2V_FP8 is on but FP8 needs a CUDA GPU"):
-        warm_cache.get_model(None, settings.model_copy(update={"fp8": True}))
+        warm_cache.get_model(None, own_settings.model_copy(update={"fp8": True}))
 
 
-def test_an_attention_library_that_is_not_installed_is_refused_at_load(settings):
+def test_an_attention_library_that_is_not_installed_is_refused_at_load(own_settings):
     from s2v.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="S2V_ATTENTION=sage but that library is not installed"):
-        warm_cache.get_model(None, settings.model_copy(update={"attention": "sage"}))
+        warm_cache.get_model(None, own_settings.model_copy(update={"attention": "sage"}))

@@ -10,7 +10,7 @@ from s2v.quality.clip import MIN_MOUTH_SYNC, check_clip
 from s2v.quality.portrait import check_picture, preflight_portrait
 from s2v.settings import Settings
 from s2v.storage.fetch import FetchedInput
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, run_python
 from tests.talking_clips import astronaut, make_talking_clip
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -171,11 +171,6 @@ def test_the_run_summary_shows_what_the_checks_flagged():
 
 def test_rows_checking_portraits_at_once_in_a_fresh_process_all_get_their_faces():
     """Two rows' downloads import OpenCV at the same moment in a new worker process."""
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     code = (
         "import threading\nfrom skimage import data\nfrom s2v.quality.portrait import check_picture\n"
         "picture, found = data.astronaut(), []\n"
@@ -183,5 +178,5 @@ def test_rows_checking_portraits_at_once_in_a_fresh_process_all_get_their_faces(
         "[thread.start() for thread in threads]\n[thread.join() for thread in threads]\n"
         "assert found == [1, 1, 1, 1], found\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = run_python(code, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

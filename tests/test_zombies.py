@@ -1,6 +1,4 @@
 """The automation that marks runs of dead GPU hosts Crashed: created once, replaced when outdated."""
-import itertools
-import json
 import os
 import subprocess
 import sys

@@ -154,7 +154,7 @@ def run_rows(
         collect_uploads(block=False)
         try:
             run.inputs = result(future)
-            run.seconds["download_s"] = run.inputs.download_seconds
+            run.seconds["download_s"] = run.inputs.download_s
             # Claimed before the history is read: a run that finishes the row meanwhile is seen in it.
             holder = claims.claim(run.row.clip_id, run.row.row, run.row.manifest) if claims is not None else None
             history: RowHistory = result(read_row_history.submit(store, run.row.clip_id, run.inputs, run.row.options_hash))
@@ -171,7 +171,7 @@ def run_rows(
                 run.poster = _poster_of(run.video)
                 uploads.append((run, _submit_upload(run, settings)))
                 continue
-            check_speech_time(run.row, run.inputs.audio_seconds, settings)  # before the encoder's time is spent
+            check_speech_time(run.row, run.inputs.audio_s, settings)  # before the encoder's time is spent
             encoded = result(encode_audio.submit(run.row.clip_id, run.inputs.audio_path, settings))
             run.seconds["encode_s"] = encoded["seconds"]
             run.warm_features = encoded["features"].warm_model

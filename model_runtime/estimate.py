@@ -21,7 +21,6 @@ import fcntl
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pydantic import BaseModel, Field, ValidationError
 from model_runtime.request import FPS, GenerationOptions
 from s2v.errors import InputError
 from s2v.settings import TINY, Settings
+from s2v.storage.atomic import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -258,10 +258,4 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _write(path: Path, timings: TimingsFile) -> None:
     # Readers take no lock: they see the old file or the new one, never half of one.
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".partial", delete=False) as out:
-        try:
-            out.write(timings.model_dump_json(indent=1))
-        except BaseException:
-            os.unlink(out.name)
-            raise
-    os.replace(out.name, path)
+    write_atomically(path, timings.model_dump_json(indent=1))

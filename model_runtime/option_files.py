@@ -25,7 +25,7 @@ def check_files(request) -> None:
     if request.lora:
         check_lora_file(request.lora)
     if request.pose_video:
-        check_pose_video(request.pose_video)
+        check_pose_video_file(request.pose_video)
 
 
 def check_lora_file(path: str, field: str = "lora") -> list[str]:
@@ -60,7 +60,12 @@ def safetensors_keys(file: Path, field: str) -> list[str]:
     return [name for name in header if name != "__metadata__"]
 
 
-def check_pose_video(path: str, field: str = "pose_video") -> None:
+def check_pose_video_file(path: str, field: str = "pose_video") -> None:
+    """A local pose video the model server can read: a video suffix and a video stream ffmpeg finds.
+
+    The server's own check of a path it is handed; records.media_checks.check_pose_video checks a
+    fetched input more deeply (its first frames decode) before a row ever reaches the server.
+    """
     from model_runtime.video import probe
 
     file = _local_file(path, field)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from model_runtime import layout
+from s2v.storage.atomic import atomic_folder
 
 # Sizes chosen so one 6 s speech makes a clip in well under a minute on 2 CPU cores. The constraints
 # that DiffSynth's S2V path puts on them: VAE z_dim 16, exactly 24 wav2vec2 layers (the DiT weights 25
@@ -55,20 +55,14 @@ def make_tiny_checkpoint(root: Path | str, seed: int = 0, overwrite: bool = Fals
             layout.check_checkpoint(root)
             return root
         shutil.rmtree(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root.parent))
     try:
-        _write(staging, seed)
-        staging.chmod(0o755)
-        staging.rename(root)
+        with atomic_folder(root) as staging:
+            _write(staging, seed)
+            staging.chmod(0o755)
     except OSError:
         # Another process finished writing the same checkpoint first: keep theirs.
-        shutil.rmtree(staging, ignore_errors=True)
         if not root.is_dir():
             raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return root
 
 

@@ -1,7 +1,6 @@
 """MP4 writing and muxing with imageio-ffmpeg's bundled ffmpeg (no system ffmpeg needed)."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from s2v.errors import MuxError
+from s2v.storage.atomic import atomic_path
 
 
 def ffmpeg_exe() -> str:
@@ -56,21 +56,18 @@ def poster_from_video(video: Path) -> Path:
 
 def mux_speech(silent_video: Path, speech: Path, out: Path) -> None:
     """Put the original speech in as AAC. Any failure raises: a silent video is never the result."""
-    tmp = out.with_name(f".{out.name}.partial.mp4")
-    cmd = [
-        ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(silent_video), "-i", str(speech),
-        "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "128k",
-        "-shortest", "-movflags", "+faststart", str(tmp),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise MuxError(f"could not mux {speech} into the video: {proc.stderr.strip()[-800:]}")
-    info = probe(tmp)
-    if info.audio_codec != "aac" or info.video_codec != "h264":
-        tmp.unlink(missing_ok=True)
-        raise MuxError(f"muxed file has video={info.video_codec} audio={info.audio_codec}; expected h264 + aac")
-    os.replace(tmp, out)
+    with atomic_path(out, suffix=".partial.mp4") as tmp:
+        cmd = [
+            ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(silent_video), "-i", str(speech),
+            "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "128k",
+            "-shortest", "-movflags", "+faststart", str(tmp),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise MuxError(f"could not mux {speech} into the video: {proc.stderr.strip()[-800:]}")
+        info = probe(tmp)
+        if info.audio_codec != "aac" or info.video_codec != "h264":
+            raise MuxError(f"muxed file has video={info.video_codec} audio={info.audio_codec}; expected h264 + aac")
 
 
 @dataclass(frozen=True)

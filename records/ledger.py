@@ -21,7 +21,6 @@ import hashlib
 import io
 import itertools
 import logging
-import os
 import posixpath
 import socket
 import threading
@@ -34,6 +33,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from s2v.settings import Settings
+from s2v.storage.atomic import write_atomically
 from s2v.storage.locations import is_s3, output_location
 from s2v.storage.outputs import exists, filesystem, read_output_text, write_output_text
 from s2v.storage.transient import transient_as
@@ -198,9 +198,9 @@ class LedgerStore:
         key = _record_key(record)
         text = record.model_dump_json()
         if not self.remote:
-            _write_durably(Path(output_location(self.output, key)), text)
+            write_atomically(Path(output_location(self.output, key)), text, fsync=True)
             return record
-        _write_durably(self.spool / key, text)
+        write_atomically(self.spool / key, text, fsync=True)
         self._upload_spooled(self.spool / key, key)
         return record
 
@@ -325,17 +325,6 @@ def _record_key(record: LedgerRecord) -> str:
 
 def _spool_folder(output: str, settings: Settings) -> Path:
     return settings.cache_dir / "ledger-spool" / hashlib.sha256(output.encode()).hexdigest()[:16]
-
-
-def _write_durably(path: Path, text: str) -> None:
-    """Write a new file whole (temp file, fsync, rename): a crash leaves it complete or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    with open(partial, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
 
 
 def _csv_row(record: LedgerRecord) -> dict:

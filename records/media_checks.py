@@ -38,7 +38,7 @@ def check_image(fetched: FetchedInput) -> tuple[int, int]:
         raise InputError(fetched.field, fetched.source, f"not a decodable image ({detail})") from None
 
 
-def check_audio(fetched: FetchedInput, max_seconds: float) -> tuple[float, int]:
+def check_audio(fetched: FetchedInput, limit_s: float) -> tuple[float, int]:
     """(duration in seconds, sample rate), or InputError naming the source and why.
 
     soundfile reads the header and the first second (WAV, FLAC, OGG, MP3); formats it cannot read
@@ -59,8 +59,8 @@ def check_audio(fetched: FetchedInput, max_seconds: float) -> tuple[float, int]:
         raise InputError(fetched.field, fetched.source, "audio holds NaN or infinite samples")
     if seconds <= MIN_AUDIO_SECONDS:
         raise InputError(fetched.field, fetched.source, f"audio is {seconds:.2f} s long; more than {MIN_AUDIO_SECONDS} s of speech is needed")
-    if seconds > max_seconds:
-        raise InputError(fetched.field, fetched.source, f"audio is {seconds:.1f} s long; the limit is {max_seconds:g} s (S2V_MAX_AUDIO_SECONDS)")
+    if seconds > limit_s:
+        raise InputError(fetched.field, fetched.source, f"audio is {seconds:.1f} s long; the limit is {limit_s:g} s (S2V_MAX_AUDIO_SECONDS)")
     return seconds, sample_rate
 
 

@@ -60,7 +60,7 @@ def check_local_option_file(uri: str, field: str, settings: Settings) -> dict:
     path = local_file(uri, field, settings)
     if field not in ("lora", "pose_video"):
         return {}
-    return check_fetched(FetchedInput(field=field, source=redact(uri), path=path, sha256="", size_bytes=0, seconds=0.0),
+    return check_fetched(FetchedInput(field=field, source=redact(uri), path=path, sha256="", size_bytes=0, fetch_s=0.0),
                          settings)
 
 
@@ -72,12 +72,12 @@ def check_file(uri: str, field: str, work: Path, settings: Settings) -> dict:
     return check_fetched(fetch_input(uri, work, field, settings), settings)
 
 
-def check_speech_time(row, speech_seconds: float, settings: Settings) -> float | None:
+def check_speech_time(row, speech_s: float, settings: Settings) -> float | None:
     """The estimated generation time of the row (None while unmeasured); InputError on `audio` when it
     cannot finish within S2V_GENERATION_TIMEOUT_S, before any encoder or GPU time is spent on it."""
     from model_runtime.estimate import check_within_limit
 
-    found = check_within_limit(settings, redact(row.audio), speech_seconds, row.options(),
+    found = check_within_limit(settings, redact(row.audio), speech_s, row.options(),
                                limit_s=settings.generation_timeout_s, limit_name="S2V_GENERATION_TIMEOUT_S")
     return None if found is None else found.seconds
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from s2v.errors import S2VError, TransientError
 from records.media_checks import check_audio, check_image, check_lora, check_pose_video
 from s2v.quality.portrait import PortraitCheck, preflight_portrait
 from s2v.settings import Settings, get_settings
+from s2v.storage.atomic import write_atomically
 from s2v.storage.fetch import FetchedInput, fetch_input, local_file
 from s2v.storage.locations import uri_scheme
 from s2v.storage.redaction import redact, stable_uri
@@ -47,9 +47,9 @@ class DownloadedInputs(BaseModel):
     audio_source: str
     image_width: int
     image_height: int
-    audio_seconds: float
+    audio_s: float  # the speech's length
     audio_sample_rate: int
-    download_seconds: float
+    download_s: float
     lora_path: Path | None = None
     lora_sha256: str | None = None
     lora_source: str | None = None
@@ -113,9 +113,9 @@ def download_inputs(
         audio_source=fetched_audio.source,
         image_width=width,
         image_height=height,
-        audio_seconds=seconds,
+        audio_s=seconds,
         audio_sample_rate=sample_rate,
-        download_seconds=time.monotonic() - stage.started,
+        download_s=time.monotonic() - stage.started,
         lora_path=fetched_lora.path if fetched_lora else None,
         lora_sha256=fetched_lora.sha256 if fetched_lora else None,
         lora_source=fetched_lora.source if fetched_lora else None,
@@ -128,7 +128,7 @@ def download_inputs(
         "inputs ready: image %s (%dx%d), audio %s (%.2f s)%s%s in %.2f s",
         result.image_source, width, height, result.audio_source, seconds,
         f", pose video {result.pose_video_source}" if pose_video else "", f", LoRA {result.lora_source}" if lora else "",
-        result.download_seconds,
+        result.download_s,
     )
     return result
 
@@ -233,11 +233,8 @@ def _fetch_lora(uri: str, settings: Settings, deadline: float) -> FetchedInput:
         except BaseException:
             fetched.path.unlink(missing_ok=True)
             raise
-        index = _lora_index(settings, key)
-        index.parent.mkdir(parents=True, exist_ok=True)
-        partial = index.with_suffix(f".{os.getpid()}.part")
-        partial.write_text(json.dumps({"path": str(fetched.path), "sha256": fetched.sha256, "size_bytes": fetched.size_bytes}))
-        os.replace(partial, index)
+        entry = {"path": str(fetched.path), "sha256": fetched.sha256, "size_bytes": fetched.size_bytes}
+        write_atomically(_lora_index(settings, key), json.dumps(entry))
         return fetched
     finally:
         lock.release()
@@ -253,7 +250,7 @@ def _cached_lora(uri: str, settings: Settings, key: str | None = None) -> Fetche
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return FetchedInput(field="lora", source=redact(uri), path=path, sha256=entry["sha256"],
-                        size_bytes=entry["size_bytes"], seconds=0.0)
+                        size_bytes=entry["size_bytes"], fetch_s=0.0)
 
 
 def _lora_key(uri: str, settings: Settings) -> str:

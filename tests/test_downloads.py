@@ -168,7 +168,7 @@ def test_safetensors_header_check_names_the_field(tmp_path, content, reason):
 
 def fetched(path: Path, field: str) -> FetchedInput:
     return FetchedInput(field=field, source=f"https://h.example/{path.name}", path=path, sha256="0" * 64,
-                        size_bytes=path.stat().st_size, seconds=0.0)
+                        size_bytes=path.stat().st_size, fetch_s=0.0)
 
 
 def write_video(path: Path, frames: int = 6) -> Path:

@@ -130,7 +130,7 @@ def test_two_processes_recording_at_once_lose_no_update(settings):
     writers = [subprocess.Popen([sys.executable, "-c", code, CHECKPOINT, str(settings.cache_dir)], cwd=ROOT) for _ in range(2)]
     assert [w.wait(120) for w in writers] == [0, 0]
     assert _stored(settings)["figures"][0]["resolutions"]["480p"]["generations"] == 50
-    assert not list(settings.cache_dir.glob("*.partial"))
+    assert not list(settings.cache_dir.glob("*.part"))
 
 
 def test_estimate_imports_without_torch():

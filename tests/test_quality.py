@@ -46,7 +46,7 @@ def _fetched(tmp_path: Path, picture: np.ndarray) -> FetchedInput:
     path = tmp_path / "portrait.png"
     Image.fromarray(picture).save(path)
     return FetchedInput(field="image", source="https://cdn.example.com/coffee.png", path=path, sha256="0" * 64,
-                        size_bytes=path.stat().st_size, seconds=0.0)
+                        size_bytes=path.stat().st_size, fetch_s=0.0)
 
 
 def test_refuse_fails_the_row_naming_the_image_as_given(tmp_path):

@@ -394,7 +394,7 @@ def test_download_task_retries_503_once_then_succeeds(tmp_path, http_server, pre
     result = fetch_row()
     assert http_server.hits["/flaky.wav"] == 2
     assert result.audio_path.read_bytes() == SPEECH
-    assert result.image_width > 0 and result.audio_seconds == pytest.approx(4.925, abs=0.01)
+    assert result.image_width > 0 and result.audio_s == pytest.approx(4.925, abs=0.01)
 
 
 def test_download_task_does_not_retry_404(tmp_path, http_server, prefect_harness):
@@ -439,7 +439,7 @@ def test_upload_task_returns_presigned_urls(tmp_path, s3_endpoint, prefect_harne
 
 def fetched(path: Path, field: str) -> FetchedInput:
     return FetchedInput(field=field, source=f"https://h.example/{path.name}", path=path, sha256="0" * 64,
-                                size_bytes=path.stat().st_size, seconds=0.0)
+                                size_bytes=path.stat().st_size, fetch_s=0.0)
 
 
 def test_audio_checks_name_the_source_and_the_reason(tmp_path):

@@ -8,6 +8,8 @@ all use it, and it imports neither Prefect nor torch.
 - `transient`: which failures are worth retrying (the one retry policy lives in tasks/io_retries.py).
 - `http_guard`: the SSRF guard for user-supplied URLs (public addresses only, DNS pinned).
 - `fetch`: inputs, size-capped and hashed as they stream, into a work folder.
+  `fetch_http` and `fetch_sources` read each kind of source; `download_limits` caps them.
+- `atomic`: local files written whole (temporary name, then one rename).
 - `s3`: the one S3 stack (s3fs) with the settings S3 and R2 both accept.
 - `outputs`: writes, reads and listings at an output location, through fsspec.
 """

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from s2v.settings import Settings
+from s2v.storage.atomic import atomic_path
 from s2v.storage.locations import check_key, is_s3, local_path, object_key, output_location, split_s3
 from s2v.storage.s3 import MAX_PRESIGN_SECONDS, s3_storage_options, without_own_retries
 from s2v.storage.transient import transient_as
@@ -111,18 +111,10 @@ def _put_file(fs: Any, local_file: Path, path: str, content_type: str, part_byte
 def _copy_atomically(source: Path, destination: Path) -> None:
     if source.resolve() == destination.resolve():
         return
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.part")
-    try:
+    # Readers see the old file or the whole new one, never a half-written video.
+    with atomic_path(destination, fsync=True) as partial:
         with open(source, "rb") as src, open(partial, "wb") as dst:
             shutil.copyfileobj(src, dst, MiB)
-            dst.flush()
-            os.fsync(dst.fileno())
-        # Readers see the old file or the whole new one, never a half-written video.
-        os.replace(partial, destination)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def _public_url(base: str, key: str) -> str:

@@ -7,10 +7,10 @@ which the store refuses with 412 when the key exists (S3 since 2024, R2, moto).
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 from s2v.settings import Settings
+from s2v.storage.atomic import fsync_file, staged_file
 from s2v.storage.locations import is_s3, local_path, split_s3
 from s2v.storage.transient import transient_as
 
@@ -28,18 +28,14 @@ def create_output_text(location: str, text: str, settings: Settings) -> None:
 
 
 def _create_local(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    with open(staged, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    try:
-        os.link(staged, path)
-    except FileExistsError:
-        raise AlreadyWritten(str(path)) from None
-    finally:
-        staged.unlink(missing_ok=True)
+    with staged_file(path.parent, prefix=f".{path.name}.") as staged:
+        with open(staged, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        fsync_file(staged)
+        try:
+            os.link(staged, path)
+        except FileExistsError:
+            raise AlreadyWritten(str(path)) from None
 
 
 def _create_s3(location: str, data: bytes, settings: Settings) -> None:

@@ -977,7 +977,7 @@ def measure_clip(torch, bench: Bench, model, out: Path, work: Path, mode: str = 
     if bench.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     try:
-        result = generate_video(model, request, out / video, warm=True)
+        result = generate_video(model, request, out / video)
     finally:
         timer.undo()
         model.lora.restore(pipe.dit)  # later rows measure the base weights

@@ -7,8 +7,9 @@ with -9 never blocks a later stop.
 from __future__ import annotations
 
 import fcntl
-import os
 from pathlib import Path
+
+from s2v.file_locks import is_held, open_lock_file
 
 _held: list[int] = []  # this process's shared-lock descriptors, open until it exits
 
@@ -20,21 +21,11 @@ def _lock_path(home: Path) -> Path:
 def hold_local_api(home: Path) -> None:
     """Mark the local API at `home` in use by this process until it exits."""
     home.mkdir(parents=True, exist_ok=True)
-    fd = os.open(_lock_path(home), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_lock_file(_lock_path(home))
     fcntl.flock(fd, fcntl.LOCK_SH)
     _held.append(fd)
 
 
 def local_api_in_use(home: Path) -> bool:
     """Whether a command holds the local API at `home` (call it from one that does not hold it)."""
-    try:
-        fd = os.open(_lock_path(home), os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return is_held(_lock_path(home))

@@ -64,17 +64,9 @@ def plan_segments(frames: int, per_segment: int, start_from_ref: bool = False, m
     return SegmentPlan(segments=segments, drop_first=drop, frames=min(frames, segments * per_segment - drop))
 
 
-def encode_audio(model: WarmModel, audio_path: Path, out_path: Path, max_seconds: float | None = None) -> AudioFeatures:
-    """wav2vec2 features for every segment the speech needs, saved to `out_path` (safetensors).
-
-    Takes its turn on the model like a generation: running beside one would only slow both down.
-    """
-    samples = load_speech(audio_path, max_seconds=max_seconds)
-    with model.generation_lock:
-        return _encode_audio_locked(model, audio_path, out_path, samples)
-
-
-def _encode_audio_locked(model: WarmModel, audio_path: Path, out_path: Path, samples: np.ndarray) -> AudioFeatures:
+def encode_audio(model: WarmModel, audio_path: Path, out_path: Path, samples: np.ndarray) -> AudioFeatures:
+    """wav2vec2 features for every segment the speech (`samples`, from `audio_path`) needs, saved to `out_path`
+    (safetensors). The caller holds model.generation_lock: encoding beside a generation would only slow both."""
     started = time.perf_counter()
     duration = len(samples) / AUDIO_SAMPLE_RATE
     per_segment = model.loaded.frames_per_segment
@@ -106,7 +98,6 @@ def generate_video(
     request: GenerationRequest,
     out_path: Path,
     *,
-    warm: bool,
     features: AudioFeatures | None = None,
     timeout_s: float = 1800.0,
     max_audio_seconds: float | None = None,
@@ -152,7 +143,7 @@ def generate_video(
             # The LoRA set is part of the warm model's state: it changes only while the model is ours.
             lora_tensors, lora_switch_s = model.lora.use(model.pipe.dit, request.lora, request.lora_strength)
             if features is None:
-                features = _encode_audio_locked(model, request.audio_path, Path(work) / "features.safetensors", samples)
+                features = encode_audio(model, request.audio_path, Path(work) / "features.safetensors", samples)
             embeds = load_file(str(features.path))[_FEATURES_KEY]
             video, pipeline_time = _generate_frames(
                 model, request, image, sampling, plan, pose, embeds, seed, deadline, timeout_s, on_segment, should_stop
@@ -175,7 +166,7 @@ def generate_video(
         video_size_mb=round(out_path.stat().st_size / 2**20, 3),
         resolution=request.resolution,
         sample_steps=sampling.steps,
-        warm_model=warm,
+        warm_model=True,  # the caller knows whether the model was loaded for this video (runtime.seen_warm)
         frames=len(video),
         fps=FPS,
         duration=round(len(video) / FPS, 4),

@@ -1,7 +1,7 @@
 """The model server's wire format: JSON objects, one per line, over a Unix socket.
 
-Kept compatible with the seed: `health`, `status` and `generate` with the seed's fields, answered with
-the seed's fields. Additions: `encode_audio`, `shutdown`, `cancel`, more status fields, `error` /
+Kept compatible with the original server: `health`, `status` and `generate` with its fields, answered
+with its fields. Additions: `encode_audio`, `shutdown`, `cancel`, more status fields, `error` /
 `error_type` / `field` on failure, and opt-in `{"event": "segment", ...}` progress lines before a
 generate's reply.
 
@@ -96,12 +96,12 @@ class EncodeAudioRequest(BaseModel):
 
 
 class GenerateCall(BaseModel):
-    """A generate request: the seed's generation fields (flat on the wire) plus delivery options."""
+    """A generate request: the original server's generation fields (flat on the wire) plus delivery options."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     action: Literal["generate"] = "generate"
     request: GenerationRequest
-    output_path: Path | None = None  # unset: the server names one in its cache folder, as the seed did
+    output_path: Path | None = None  # unset: the server names one in its cache folder, as the original server did
     features: AudioFeatures | None = None  # made earlier by encode_audio; unset: encoded with the job
     # The caller's limit, counted from the request's arrival, so time waiting in the queue counts too.
     timeout_s: float | None = Field(None, gt=0)
@@ -187,7 +187,7 @@ class HealthReply(BaseModel):
 class StatusReply(BaseModel):
     success: bool = True
     model_loaded: bool
-    vram_allocated_gb: float  # the seed's name; on CPU it holds the server's resident memory (memory_kind)
+    vram_allocated_gb: float  # the original server's name; on CPU it holds the server's resident memory (memory_kind)
     memory_kind: MemoryKind
     generation_count: int
     uptime_s: float

@@ -41,7 +41,7 @@ class Preset:
     shift: float
 
 
-# The seed's presets. A checkpoint may override them (the tiny one scales them down so CPU runs stay
+# The original server's presets. A checkpoint may override them (the tiny one scales them down so CPU runs stay
 # small); the names stay the same so a manifest works on both.
 PRESETS: dict[str, Preset] = {
     "480p": Preset(max_area=399_360, shift=3.0),
@@ -56,7 +56,7 @@ class ModeDefaults:
     shift: float | None  # None: the resolution preset's shift
 
 
-# standard: the seed's 20 steps with classifier-free guidance 4.5 (the official default guidance).
+# standard: the original server's 20 steps with classifier-free guidance 4.5 (the official default guidance).
 # fast: the LightX2V Lightning recipe: 4 steps, guidance 1 (no negative pass), shift 5, with a
 # step-distilled LoRA; its 4-step Wan schedule gives the timesteps 1000, 937, 833, 625.
 MODES: dict[str, ModeDefaults] = {

@@ -1,18 +1,19 @@
 """The in-process runtime: the warm model of this process behind the two calls the pipeline makes.
 
-The model server's client offers the same two calls over the Unix socket, so a task does not care
-which one it holds (see `runtime_for`). Both stop at the next denoising step when their `should_stop`
-or the process-wide stop request (interrupt.py, Ctrl-C) gives a reason.
+The model server's client offers the same two calls over the Unix socket (both are a runtime.Runtime),
+so a task does not care which one it holds (see `model_runtime.client.runtime_for`). Both stop at the
+next denoising step when their `should_stop` or the process-wide stop request (interrupt.py, Ctrl-C)
+gives a reason.
 """
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from model_runtime import estimate, interrupt
 from model_runtime.request import AudioFeatures, GenerationRequest, GenerationResult
+from model_runtime.runtime import OnSegment, StopCheck, seen_warm
 from s2v.errors import GenerationCancelled
 from s2v.settings import Settings, get_settings
 
@@ -28,25 +29,23 @@ class InProcessRuntime:
         self.checkpoint = checkpoint
         self.limit_name = limit_name  # where settings.generation_timeout_s came from, for the estimate's message
 
-    def encode_audio(self, audio_path: Path, out_path: Path, should_stop: Callable[[], str | None] | None = None) -> AudioFeatures:
+    def encode_audio(self, audio_path: Path, out_path: Path, should_stop: StopCheck | None = None) -> AudioFeatures:
         from model_runtime.generate import encode_audio
+        from model_runtime.media import load_speech
         from model_runtime.warm_cache import get_model
 
         # Encoding takes seconds and has no steps to stop between: it is only kept from starting.
         if reason := interrupt.combined(should_stop)():
             raise GenerationCancelled(f"audio encoding not started: {reason}")
         model, warm = get_model(self.checkpoint, self.settings)
-        features = encode_audio(model, Path(audio_path), Path(out_path), max_seconds=self.settings.max_audio_seconds)
-        return features.model_copy(update={"warm_model": warm})
+        samples = load_speech(Path(audio_path), max_seconds=self.settings.max_audio_seconds)
+        # Takes its turn on the model like a generation: running beside one would only slow both down.
+        with model.generation_lock:
+            features = encode_audio(model, Path(audio_path), Path(out_path), samples)
+        return seen_warm(features, warm)
 
-    def generate(
-        self,
-        request: GenerationRequest,
-        out_path: Path,
-        features: AudioFeatures | None = None,
-        on_segment: Callable[[int, int], None] | None = None,
-        should_stop: Callable[[], str | None] | None = None,
-    ) -> GenerationResult:
+    def generate(self, request: GenerationRequest, out_path: Path, features: AudioFeatures | None = None,
+                 on_segment: OnSegment | None = None, should_stop: StopCheck | None = None) -> GenerationResult:
         """Raises InputError on `audio`, before waiting for the model, when the measured time per step
         says this speech cannot be made within settings.generation_timeout_s (see estimate.py)."""
         from model_runtime.generate import generate_video
@@ -57,10 +56,11 @@ class InProcessRuntime:
         self._check_estimate(request, features, model.checkpoint, device)
         first_run = id(model) not in _models_run  # pays the device's warm-up: not a fair timing sample
         result = generate_video(
-            model, request, Path(out_path), warm=warm, features=features,
+            model, request, Path(out_path), features=features,
             timeout_s=self.settings.generation_timeout_s, max_audio_seconds=self.settings.max_audio_seconds,
             on_segment=on_segment, should_stop=interrupt.combined(should_stop),
         )
+        result = seen_warm(result, warm)
         _models_run.add(id(model))
         max_segments = getattr(request, "max_segments", None)
         estimate.record(

@@ -5,7 +5,6 @@ second, so speech_news (8 segments) leaves time to stop a job after its first se
 """
 import json
 import re
-import shutil
 import socket
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from model_runtime.request import GenerationRequest
 from s2v.errors import GenerationCancelled, InputError
 from s2v.settings import Settings
 from tests.conftest import EXAMPLES
-from tests.test_server import READY_TIMEOUT_S, _short_dir, _wait_for, running_server
+from tests.test_server import _wait_for, module_server_settings, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +28,7 @@ SHORT_SPEECH = EXAMPLES / "speech_short.wav"
 
 @pytest.fixture(scope="module")
 def settings(tiny_checkpoint, tmp_path_factory):
-    folder = _short_dir()
-    yield Settings(
-        checkpoint=tiny_checkpoint, device="cpu", cache_dir=tmp_path_factory.mktemp("cache"),
-        model_server=folder / "c.sock", server_load_timeout_s=READY_TIMEOUT_S,
-    )
-    shutil.rmtree(folder, ignore_errors=True)
+    yield from module_server_settings(tiny_checkpoint, tmp_path_factory, "c.sock")
 
 
 @pytest.fixture(scope="module")

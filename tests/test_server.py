@@ -137,14 +137,20 @@ def _stop_autostarted(client: ModelServerClient) -> None:
 
 # ---- the module's server ------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def settings(tiny_checkpoint, tmp_path_factory):
+def module_server_settings(tiny_checkpoint: Path, tmp_path_factory, socket_name: str) -> Iterator[Settings]:
+    """A test module's settings for its own server: the tiny checkpoint on CPU, its socket in a short folder
+    that is removed after the module (a fixture's body: `yield from`)."""
     folder = _short_dir()
     yield Settings(
         checkpoint=tiny_checkpoint, device="cpu", cache_dir=tmp_path_factory.mktemp("cache"),
-        model_server=folder / "s.sock", server_load_timeout_s=READY_TIMEOUT_S,
+        model_server=folder / socket_name, server_load_timeout_s=READY_TIMEOUT_S,
     )
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def settings(tiny_checkpoint, tmp_path_factory):
+    yield from module_server_settings(tiny_checkpoint, tmp_path_factory, "s.sock")
 
 
 @pytest.fixture(scope="module")

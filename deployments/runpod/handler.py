@@ -1,4 +1,4 @@
-"""RunPod serverless handler with the seed's API.
+"""RunPod serverless handler with the original server's API.
 
 Input:  {"image_url", "audio_url", "prompt"?, "resolution"? (480p|720p), "sample_steps"? (15..50),
          "negative_prompt"?, "seed"?, "guidance_scale"?}; other keys are ignored, as the seed did.
@@ -15,7 +15,7 @@ their source, never by those copies.
 The worker refuses to start without S2V_CHECKPOINT (S2V_CHECKPOINT=tiny: the tiny test checkpoint).
 
 HANDLER_VERSION=v2 (default) runs the pipeline's own stages in this process against the warm model
-server, which the first job starts if none is running (as the seed did). HANDLER_VERSION=v1 runs each
+server, which the first job starts if none is running (as the original server did). HANDLER_VERSION=v1 runs each
 job as a fresh `s2v generate` process (cold, for comparison).
 
     python -m deployments.runpod.handler                                  # on RunPod
@@ -136,7 +136,7 @@ def _generate_warm(request: GenerationRequest, video: Path, settings: Settings) 
 
 
 def _generate_cold(request: GenerationRequest, video: Path) -> dict:
-    """v1: a fresh process loads the model for this job alone, as the seed's first handler did."""
+    """v1: a fresh process loads the model for this job alone, as the original server's first handler did."""
     options = request.model_dump(exclude={"image_path", "audio_path"}, exclude_none=True, exclude_defaults=True)
     flags = [f"--{name.replace('_', '-')}" + ("" if value is True else f"={value}") for name, value in options.items()]
     command = [sys.executable, "-c", "from cli.main import app; app()", "generate", "--image", str(request.image_path),

@@ -49,6 +49,6 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=30m --retries=3 \
 
 # A GPU host of the Prefect pool (PREFECT_API_URL, S2V_WORK_POOL; the model volume at S2V_CHECKPOINT):
 #   docker run --gpus all -v /models:/runpod-volume/models -e PREFECT_API_URL=... IMAGE
-# The seed's RunPod endpoint instead (its first job starts the model server; HANDLER_VERSION=v1 for cold):
+# The original server's RunPod endpoint instead (its first job starts the model server; HANDLER_VERSION=v1 for cold):
 #   docker run --gpus all ... --entrypoint python IMAGE -m deployments.runpod.handler
 ENTRYPOINT ["deployments/start_warm.sh"]

@@ -54,6 +54,7 @@ from pathlib import Path
 STARTED = time.monotonic()  # the time budget counts the imports too
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # model_runtime.speed_auto's bound, without PYTHONPATH
 from model_runtime.speed_auto import COSINE_BOUND, REL_L2_BOUND  # noqa: E402  (no torch: cheap)
+
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("gpu_step")
 

@@ -107,11 +107,11 @@ def _run_flow(manifest: str | None, settings: Settings, lookahead: int, total: i
               flagged: bool = False) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flows.batch import batch, retry_failed
-    from records.claims import abandon_held_claims
     from cli.api_watch import EXIT_API_LOST, ApiWatch
+    from flows.batch import batch, retry_failed
     from flows.execute import row_listeners
     from model_runtime import interrupt
+    from records.claims import abandon_held_claims
 
     outcome: dict = {}
     common = dict(output=settings.output, checkpoint=str(settings.checkpoint or ""),
@@ -213,8 +213,8 @@ class _StopOnSignal:
 def print_summary(console, summary: dict) -> None:
     from rich.markup import escape
 
-    from s2v.quality.fields import qc_flag_text
     from cli.tables import print_table
+    from s2v.quality.fields import qc_flag_text
 
     interrupted = summary.get("interrupted", 0)
     lines = []

@@ -20,10 +20,10 @@ def check_manifest(manifest: str, settings: Settings, console) -> int:
     """Prints a table of the rows; returns how many are bad."""
     from rich.markup import escape
 
-    from records.manifest import parse_manifest
-    from records.row_checks import row_error
-    from records.manifest_text import manifest_text
     from cli.tables import print_table
+    from records.manifest import parse_manifest
+    from records.manifest_text import manifest_text
+    from records.row_checks import row_error
 
     parsed = parse_manifest(manifest_text(manifest, settings), None, settings)
     results = [(bad.row, bad.clip_id, None, str(bad.error)) for bad in parsed.invalid]
@@ -50,8 +50,8 @@ def check_manifest(manifest: str, settings: Settings, console) -> int:
 def _check_row(row, work: Path, settings: Settings) -> dict:
     from rich.markup import escape
 
-    from s2v.quality.portrait import preflight_portrait
     from records.row_checks import FILE_FIELDS, check_fetched, check_file, check_speech_time
+    from s2v.quality.portrait import preflight_portrait
     from s2v.storage.fetch import fetch_input
 
     image = fetch_input(row.image, work, "image", settings)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU host entrypoint (the seed's start_warm.sh): start the warm model server, wait until its health
+# GPU host entrypoint (the original server's start_warm.sh): start the warm model server, wait until its health
 # says ready, then start a Prefect process worker on the GPU pool. SIGTERM/SIGINT stop both cleanly.
 # Runs as a container entrypoint or a systemd service (Type=simple, KillSignal=SIGTERM); logs to stdout.
 #

@@ -15,20 +15,20 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows.dead_runs import mark_dead_runs_crashed
-from records.claims import record_dead_claims
 from flows.context import flow_settings
+from flows.dead_runs import mark_dead_runs_crashed
 from flows.execute import execute_rows
 from flows.form import Internal, options_field, titled
-from records.kept_manifests import keep_manifest, load_manifest, manifest_id
-from records.ledger import load_ledger
 from flows.logs import hide_input_error_tracebacks, run_warning
-from records.manifest import InvalidRow, check_local_files, parse_manifest
 from flows.run_names import manifest_label, name_run
 from model_runtime.request import GenerationOptions
+from records.claims import record_dead_claims
+from records.kept_manifests import keep_manifest, load_manifest, manifest_id
+from records.ledger import load_ledger
+from records.manifest import InvalidRow, check_local_files, parse_manifest
+from records.manifest_text import is_csv_text
 from s2v.errors import InputError, ManifestError
 from s2v.storage.redaction import redact
-from records.manifest_text import is_csv_text
 from tasks.manifest import fetch_manifest
 
 # Downloads ahead + one encode + one generation + uploads; bounded so a big manifest cannot start

@@ -17,10 +17,10 @@ from flows.batch import RUNNER
 from flows.context import flow_settings
 from flows.execute import execute_rows
 from flows.form import Internal, titled
-from records.kept_manifests import keep_manifest, manifest_id
 from flows.logs import hide_input_error_tracebacks, run_warning
-from records.manifest import check_local_files, parse_manifest
 from model_runtime.request import DEFAULT_PROMPT, Size
+from records.kept_manifests import keep_manifest, manifest_id
+from records.manifest import check_local_files, parse_manifest
 
 
 @flow(name="s2v-clip", task_runner=RUNNER)

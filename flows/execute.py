@@ -10,12 +10,12 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from flows.dead_runs import flow_run_is_over, mark_dead_runs_crashed
+from flows.outcome import final_state
+from flows.pipeline import record_invalid_rows, run_rows
+from flows.report import BatchReport
 from records.claims import RowClaims, record_dead_claims, remove_stale_work
 from records.ledger import LedgerRecord, LedgerStore
 from records.manifest import ClipRow, InvalidRow
-from flows.pipeline import record_invalid_rows, run_rows
-from flows.outcome import final_state
-from flows.report import BatchReport
 from s2v.settings import Settings
 
 # Called with every record as its row ends, in this process (the CLI's progress bar listens here).

@@ -23,10 +23,10 @@ from uuid import UUID
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from records.ledger import LedgerRecord, LedgerStore
-from records.manifest import ClipRow, InvalidRow
 from flows.pipeline import record_invalid_rows
 from flows.zombies import GPU_TAG, ensure_zombie_automation
+from records.ledger import LedgerRecord, LedgerStore
+from records.manifest import ClipRow, InvalidRow
 from records.row_checks import row_files
 from s2v.settings import Settings
 

@@ -15,10 +15,10 @@ from pydantic import Field
 from flows.context import flow_settings
 from flows.fleet import ROW_DEPLOYMENT, FleetLimits
 from flows.form import Internal, options_field, titled
-from records.inbox import Inbox
 from flows.logs import hide_input_error_tracebacks
 from flows.scale_out import run_on_fleet
 from model_runtime.request import GenerationOptions
+from records.inbox import Inbox
 from s2v.errors import BatchFailed, S2VError, TransientError
 from s2v.storage.locations import output_location
 from s2v.storage.reachability import check_output_reachable, with_start_retries

@@ -24,13 +24,14 @@ from pathlib import Path
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
+from model_runtime.runtime import seen_warm
 from records.claims import RowClaims
 from records.ledger import LedgerRecord, LedgerStore
 from records.manifest import ClipRow, InvalidRow
+from records.row_checks import check_speech_time, row_error
 from s2v.errors import GenerationCancelled, S2VError
 from s2v.settings import Settings
 from s2v.storage.locations import output_location
-from records.row_checks import check_speech_time, row_error
 from s2v.storage.redaction import redact
 from tasks.download import DownloadedInputs, download_inputs
 from tasks.encode import encode_audio
@@ -267,10 +268,10 @@ def _record(run: RowRun, status: str, error: str | None, done: LedgerRecord | No
         fields.update(image_sha256=run.inputs.image_sha256, audio_sha256=run.inputs.audio_sha256)
     if run.generation is not None:
         # The row's own total_time (download to upload) stays; the generation's is only its part.
-        made = run.generation.model_dump(mode="json", exclude={"lora", "pose_video", "video_path", "poster_path", "total_time"})
-        fields.update({name: value for name, value in made.items() if name in LedgerRecord.model_fields})
         # The first row of a cold process loads the model in its encode stage: not warm either.
-        fields["warm_model"] = run.generation.warm_model and run.warm_features
+        generation = seen_warm(run.generation, model_was_loaded=run.warm_features)
+        made = generation.model_dump(mode="json", exclude={"lora", "pose_video", "video_path", "poster_path", "total_time"})
+        fields.update({name: value for name, value in made.items() if name in LedgerRecord.model_fields})
     for earlier in (run.made_earlier, done):
         if earlier is not None:
             fields.update({name: getattr(earlier, name) for name in _MADE_FIELDS})

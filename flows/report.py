@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import (
-    create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
 )
 
 from flows.contact_sheet import contact_sheet, picture_source

@@ -20,9 +20,9 @@ from flows.batch import RUNNER
 from flows.context import flow_settings
 from flows.execute import execute_rows
 from flows.form import Internal, titled
+from flows.logs import hide_input_error_tracebacks, run_warning
 from records.kept_manifests import load_manifest
 from records.ledger import LedgerRecord, load_ledger
-from flows.logs import hide_input_error_tracebacks, run_warning
 from records.manifest import ClipRow, options_hash_of, parse_manifest
 from s2v.errors import ManifestError
 from s2v.settings import Settings

@@ -7,11 +7,11 @@ from prefect.states import State
 from flows.batch import RUNNER
 from flows.context import flow_settings
 from flows.execute import execute_rows
-from records.kept_manifests import load_manifest
 from flows.logs import hide_input_error_tracebacks, run_warning
+from records.kept_manifests import load_manifest
 from records.manifest import check_local_files, parse_manifest
-from s2v.errors import ManifestError
 from records.row_checks import FILE_FIELDS
+from s2v.errors import ManifestError
 
 
 @flow(name="s2v-row", task_runner=RUNNER)

@@ -14,17 +14,17 @@ from pydantic import Field
 from flows.context import flow_settings
 from flows.fleet import ROW_DEPLOYMENT, FleetLimits, hand_out
 from flows.form import Internal, options_field, titled
-from records.kept_manifests import keep_manifest, manifest_id
-from records.ledger import LedgerStore
 from flows.logs import hide_input_error_tracebacks, run_warning
-from records.manifest import parse_manifest
-from flows.run_names import manifest_label, name_run
 from flows.outcome import final_state
 from flows.report import BatchReport
+from flows.run_names import manifest_label, name_run
 from model_runtime.request import GenerationOptions
+from records.kept_manifests import keep_manifest, manifest_id
+from records.ledger import LedgerStore
+from records.manifest import parse_manifest
+from records.manifest_text import is_csv_text
 from s2v.settings import Settings
 from s2v.storage.redaction import redact
-from records.manifest_text import is_csv_text
 from tasks.manifest import fetch_manifest
 
 

@@ -25,7 +25,14 @@ from model_runtime.media import AUDIO_SAMPLE_RATE, fit_image, load_image, load_s
 from model_runtime.option_files import check_files
 from model_runtime.pose import load_pose_frames
 from model_runtime.request import (
-    FPS, PRESETS, AudioFeatures, GenerationRequest, GenerationResult, Preset, output_size, size_preset,
+    FPS,
+    PRESETS,
+    AudioFeatures,
+    GenerationRequest,
+    GenerationResult,
+    Preset,
+    output_size,
+    size_preset,
 )
 from model_runtime.video import mux_speech, write_poster, write_silent_mp4
 from model_runtime.warm_cache import WarmModel

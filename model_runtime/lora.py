@@ -22,7 +22,6 @@ import torch
 
 from model_runtime.lora_match import check_lora_match, match_lora
 from model_runtime.option_files import check_lora_file
-from s2v.errors import InputError
 
 log = logging.getLogger(__name__)
 

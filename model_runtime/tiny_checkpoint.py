@@ -33,7 +33,7 @@ DIT = dict(
     num_audio_token=4, audio_inject_layers=[0, 1],
 )
 FRAMES_PER_SEGMENT = 16
-# The seed's preset names, scaled down: a manifest that asks for 480p runs unchanged on this checkpoint.
+# The original server's preset names, scaled down: a manifest that asks for 480p runs unchanged on this checkpoint.
 PRESETS = {
     "480p": {"max_area": 80 * 80, "shift": 3.0},
     "720p": {"max_area": 96 * 96, "shift": 5.0},

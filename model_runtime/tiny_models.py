@@ -11,7 +11,6 @@ from diffsynth.models.wan_video_vae import VideoVAE_, WanVideoVAE
 from diffsynth.models.wav2vec import WanS2VAudioEncoder
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-
 # WanVideoVAE's latent normalisation (copied from its __init__, which cannot be run cheaply).
 _LATENT_MEAN = torch.tensor([
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,

@@ -24,12 +24,12 @@ import pandas as pd
 from pydantic import BaseModel, Field, ValidationError
 
 from model_runtime.request import GenerationOptions, input_error_from
+from records.manifest_text import manifest_text
+from records.row_checks import check_local_option_file, check_not_redacted
 from s2v.errors import InputError, ManifestError
 from s2v.settings import Settings, get_settings
-from records.row_checks import check_local_option_file, check_not_redacted
 from s2v.storage.locations import check_key, check_scheme
 from s2v.storage.redaction import stable_uri
-from records.manifest_text import manifest_text
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from prefect import task
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
-from s2v.errors import S2VError, TransientError
 from records.media_checks import check_audio, check_image, check_lora, check_pose_video
+from s2v.errors import S2VError, TransientError
 from s2v.quality.portrait import PortraitCheck, preflight_portrait
 from s2v.settings import Settings, get_settings
 from s2v.storage.atomic import write_atomically

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from prefect import task
 
+from records.manifest_text import decode_manifest, manifest_text
 from s2v.errors import ManifestError
 from s2v.settings import Settings
-from records.manifest_text import decode_manifest, manifest_text
 from tasks.io_retries import IO_TASK_OPTIONS
 
 

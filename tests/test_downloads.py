@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s2v.errors import InputError, S2VError, TransientError
 from records.media_checks import check_pose_video, check_safetensors
+from s2v.errors import InputError, S2VError, TransientError
 from s2v.settings import Settings, load_settings
 from s2v.storage.fetch import FetchedInput, fetch_input
 from s2v.storage.transient import is_transient

@@ -8,8 +8,8 @@ from prefect.states import StateType
 
 from flows.batch import batch, retry_failed
 from flows.clip import clip
-from records.ledger import LedgerStore, load_ledger
 from model_runtime.video import probe
+from records.ledger import LedgerStore, load_ledger
 from s2v.errors import TransientError
 from s2v.settings import load_settings
 from tests.conftest import EXAMPLES

@@ -269,8 +269,8 @@ def test_nightly_with_its_output_down_leaves_every_manifest_in_the_inbox(prefect
 @pytest.mark.slow
 def test_kept_manifests_hold_no_credentials_and_a_retry_says_what_it_needs(prefect_harness, s2v_env, tmp_path):
     from flows.batch import batch, retry_failed
-    from records.ledger import load_ledger
     from flows.row import row
+    from records.ledger import load_ledger
 
     # Loopback is refused (not in S2V_ALLOWED_HOSTS): the rows fail at once, without the network.
     signed = "https://ann:hunter2@127.0.0.1:9/a.jpg?X-Amz-Signature=s3cr3t&X-Amz-Expires=60&variant=7"

@@ -2,9 +2,8 @@
 import shutil
 import subprocess
 import sys
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 from tests.conftest import ROOT
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from records.manifest import ClipOptions, ClipRow, parse_manifest
 from model_runtime.request import GenerationRequest
+from records.manifest import ClipOptions, ClipRow, parse_manifest
 from s2v.errors import InputError, ManifestError
 from s2v.settings import Settings
 

@@ -5,8 +5,8 @@ import pytest
 from prefect.states import Completed
 
 from flows import nightly as nightly_module
-from records.inbox import Inbox
 from flows.nightly import nightly
+from records.inbox import Inbox
 from s2v.settings import Settings
 from tests.conftest import EXAMPLES
 

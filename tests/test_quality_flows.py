@@ -4,8 +4,8 @@ import pytest
 from PIL import Image
 
 from flows.batch import batch
-from records.ledger import load_ledger
 from flows.retry_flagged import retry_flagged
+from records.ledger import load_ledger
 from s2v.settings import load_settings
 from tests.conftest import EXAMPLES
 

@@ -2,7 +2,12 @@ import pytest
 
 from model_runtime.option_files import check_files
 from model_runtime.request import (
-    MODES, OFFICIAL_SIZES, PRESETS, GenerationRequest, output_size, size_preset,
+    MODES,
+    OFFICIAL_SIZES,
+    PRESETS,
+    GenerationRequest,
+    output_size,
+    size_preset,
 )
 from s2v.errors import InputError
 from tests.conftest import heavy_imports_after

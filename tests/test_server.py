@@ -65,7 +65,7 @@ def _server_env(settings: Settings) -> dict:
 
 
 def _raw(socket_path: Path, payload: bytes, timeout: float = 120) -> dict:
-    """One raw exchange, as a client of the seed's protocol would do it."""
+    """One raw exchange, as a client of the original server's protocol would do it."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(timeout)
         conn.connect(str(socket_path))
@@ -162,7 +162,7 @@ def server(settings, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first_generation(server, tmp_path_factory):
-    """The seed's generate example, word for word but for the paths, sent on a raw socket."""
+    """The original server's generate example, word for word but for the paths, sent on a raw socket."""
     _, socket_path = server
     message = {
         "action": "generate",
@@ -170,7 +170,7 @@ def first_generation(server, tmp_path_factory):
         "audio_path": str(SPEECH),
         "prompt": "A person speaking naturally",
         "resolution": "480p",
-        "sample_steps": 15,  # the seed's example says 20; 15 keeps the CPU test short
+        "sample_steps": 15,  # the original example says 20; 15 keeps the CPU test short
     }
     return _ask(socket_path, message, timeout=600)
 
@@ -195,7 +195,7 @@ def test_status_reply_has_the_seed_fields_and_more(server, first_generation):
 
 
 def test_generate_reply_carries_the_job_id_sent_or_one_made_by_the_server(server, first_generation, tmp_path):
-    assert len(first_generation["job_id"]) == 32  # the seed's example sent none: the server made a uuid4 hex
+    assert len(first_generation["job_id"]) == 32  # the original example sent none: the server made a uuid4 hex
     features = tmp_path / "f.safetensors"
     reply = _ask(server[1], {"action": "encode_audio", "audio_path": str(SPEECH), "output_path": str(features), "job_id": "enc-1"})
     assert reply["success"] is True and reply["job_id"] == "enc-1"

@@ -188,8 +188,8 @@ def main() -> int:
                           PREFECT_LOGGING_LEVEL="WARNING")
         runs = {"local": run_batch(str(work / "out"))}
         if args.s3:
-            from moto.server import ThreadedMotoServer
             import boto3
+            from moto.server import ThreadedMotoServer
 
             os.environ.update(AWS_ACCESS_KEY_ID="ui", AWS_SECRET_ACCESS_KEY="ui", AWS_DEFAULT_REGION="us-east-1")
             moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

@@ -1,1 +1,1 @@
-"""The seed's RunPod serverless endpoint, kept working on top of the pipeline's stages."""
+"""The original server's RunPod serverless endpoint, kept working on top of the pipeline's stages."""

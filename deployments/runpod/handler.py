@@ -1,7 +1,7 @@
 """RunPod serverless handler with the original server's API.
 
 Input:  {"image_url", "audio_url", "prompt"?, "resolution"? (480p|720p), "sample_steps"? (15..50),
-         "negative_prompt"?, "seed"?, "guidance_scale"?}; other keys are ignored, as the seed did.
+         "negative_prompt"?, "seed"?, "guidance_scale"?}; other keys are ignored, as the original server did.
 Output: {"video_url", "generation_time", "total_time", "video_size_mb", "resolution", "sample_steps",
          "warm_model"}; a bad input returns {"error": "<field>=<value>: <reason>"}.
 

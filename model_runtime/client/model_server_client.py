@@ -19,7 +19,16 @@ from typing import Any
 from model_runtime import protocol
 from model_runtime.client.exchange import LOG_TAIL_LINES, ConnectionLost, Exchange, NoServer, ReplyTimeout, StopAsked, log_tail
 from model_runtime.client.spawn import MAX_SPAWNS, POLL_S, server_running, spawn, start_lock
-from model_runtime.protocol import CancelReply, EncodeAudioReply, EncodeAudioRequest, GenerateCall, GenerateReply, HealthReply, SegmentEvent, StatusReply
+from model_runtime.protocol import (
+    CancelReply,
+    EncodeAudioReply,
+    EncodeAudioRequest,
+    GenerateCall,
+    GenerateReply,
+    HealthReply,
+    SegmentEvent,
+    StatusReply,
+)
 from model_runtime.runtime import OnSegment, StopCheck, seen_warm
 from s2v.errors import GenerationCancelled, GenerationTimeout, ModelServerError
 from s2v.settings import DEFAULT_SOCKET, Settings, get_settings

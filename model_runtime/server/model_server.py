@@ -19,7 +19,14 @@ from pydantic import BaseModel
 
 from model_runtime import estimate, protocol
 from model_runtime.protocol import (
-    CancelRequest, HealthReply, HealthRequest, ShutdownReply, ShutdownRequest, StatusReply, StatusRequest, error_reply,
+    CancelRequest,
+    HealthReply,
+    HealthRequest,
+    ShutdownReply,
+    ShutdownRequest,
+    StatusReply,
+    StatusRequest,
+    error_reply,
 )
 from model_runtime.server.jobs import Job, JobQueue
 from model_runtime.server.transport import ClaimedSocket, LineReader, LineTooLong, send

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from s2v.errors import InputError
 from s2v.settings import Settings
 from s2v.storage.atomic import publish, staged_file
-from s2v.storage.download_limits import MiB, Deadline, Limits, deadline_in, limited, limits_for
+from s2v.storage.download_limits import Deadline, Limits, MiB, deadline_in, limited, limits_for
 from s2v.storage.fetch_http import http_chunks
 from s2v.storage.fetch_sources import local_chunks, local_file, s3_chunks
 from s2v.storage.locations import check_scheme, uri_scheme

@@ -10,7 +10,6 @@ import re
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
-
 # Query parameters that sign or expire a URL (S3/R2, GCS, Azure SAS, CloudFront, OAuth). They change
 # every time a link is re-signed, so they are left out of a URI's identity.
 _SIGNING_PARAM = re.compile(

@@ -160,7 +160,7 @@ def _job_output(log: str) -> dict:
 
 
 @pytest.mark.slow
-def test_runpod_handler_keeps_the_seed_api_and_stays_warm(tiny_checkpoint, tmp_path, socket_dir):
+def test_runpod_handler_keeps_the_original_api_and_stays_warm(tiny_checkpoint, tmp_path, socket_dir):
     from model_runtime.client import ModelServerClient
     from s2v.settings import load_settings
 

@@ -1,6 +1,6 @@
 """Storage: reading the pipeline's inputs and writing its outputs (local folders, http(s), S3, Cloudflare R2).
 
-The ground floor beside settings and errors: flows, tasks, the ledger, the inbox and the RunPod handler
+Above settings and errors, below the records: flows, tasks, the ledger, the inbox and the RunPod handler
 all use it, and it imports neither Prefect nor torch.
 
 - `locations`: what a URI is (scheme, s3 bucket/key, safe output keys) and where a key lives.
@@ -12,4 +12,6 @@ all use it, and it imports neither Prefect nor torch.
 - `atomic`: local files written whole (temporary name, then one rename).
 - `s3`: the one S3 stack (s3fs) with the settings S3 and R2 both accept.
 - `outputs`: writes, reads and listings at an output location, through fsspec.
+- `write_once`: a record created only if its key is new (a hard link locally, If-None-Match on S3/R2).
+- `reachability`: whether an output location can be written, asked before a batch starts.
 """

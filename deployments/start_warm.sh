@@ -5,8 +5,9 @@
 #
 # Environment: PREFECT_API_URL, S2V_CHECKPOINT (required: the Wan2.2-S2V-14B folder, or "tiny" for the
 # random-weight test model), S2V_MODEL_SERVER (socket), S2V_OUTPUT, S2V_WORKER_NAME (default the host
-# name), S2V_WORK_POOL (default s2v-gpu), S2V_WORKER_LIMIT (flow runs at once, default 2: one generates
-# while the next downloads; the model server's queue runs one job at a time), S2V_SERVER_READY_TIMEOUT_S
+# name), S2V_WORK_POOL (default s2v-gpu), S2V_WORKER_LIMIT (flow runs at once, default 3: one generates
+# while the next two start, download and wait in the model server's queue, which runs one job at a time;
+# README "Benchmarks": 80% GPU-busy with 2, 94-95% with 3, at 25 s generations), S2V_SERVER_READY_TIMEOUT_S
 # (default 1800: loading the 14B model takes minutes). S2V_BIN and PREFECT_BIN name the commands (tests
 # swap them).
 set -euo pipefail
@@ -16,7 +17,7 @@ PREFECT_BIN=${PREFECT_BIN:-prefect}
 SOCKET=${S2V_MODEL_SERVER:-/tmp/wan2_s2v_model_server.sock}
 POOL=${S2V_WORK_POOL:-s2v-gpu}
 WORKER=${S2V_WORKER_NAME:-${HOSTNAME:-s2v-gpu-worker}}
-LIMIT=${S2V_WORKER_LIMIT:-2}
+LIMIT=${S2V_WORKER_LIMIT:-3}
 READY_TIMEOUT=${S2V_SERVER_READY_TIMEOUT_S:-1800}
 # The flow runs the worker starts must reach this server, record this worker's name, and send the
 # heartbeats by which a run of a host that died is found and handed out again (30 s: Prefect's least).
@@ -90,7 +91,7 @@ while poll_server; do
 done
 log "model server ready; starting worker $WORKER on pool $POOL"
 
-# --limit 2: the next row downloads while one generates; the model server queues the GPU work.
+# --limit 3: the next rows start and download while one generates; the model server queues the GPU work.
 "$PREFECT_BIN" worker start --pool "$POOL" --type process --name "$WORKER" --limit "$LIMIT" 2>&1 &
 worker_pid=$!
 

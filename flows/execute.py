@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import State
+from prefect.states import Cancelled, State
 
 from flows.dead_runs import flow_run_is_over, mark_dead_runs_crashed
 from flows.outcome import final_state
@@ -39,6 +39,7 @@ def execute_rows(
     order = sorted([*rows, *invalid], key=lambda row: row.row)
     report = BatchReport(title, [row.clip_id for row in order], settings, shared=shared_cards)
     ended: list[LedgerRecord] = []
+    lost: list[str] = []  # why rows were left to the runs that took them over
 
     def on_row_end(record: LedgerRecord) -> None:
         ended.append(record)
@@ -55,7 +56,8 @@ def execute_rows(
         with RowClaims(settings, run_id=flow_run.id or uuid.uuid4().hex, flow_run_id=flow_run.id,
                        run_is_over=flow_run_is_over) as claims:
             run_rows(rows, settings=settings, store=store, lookahead=lookahead,
-                     on_row_end=on_row_end, should_stop=stop_requested, claims=claims)
+                     on_row_end=on_row_end, should_stop=stop_requested, claims=claims,
+                     on_row_lost=lost.append)
     except BaseException as exc:
         # The run was cancelled (Prefect raises TerminationSignal here) or interrupted: the generation in
         # the task thread stops at its next step too (and cancels its model-server job), instead of
@@ -77,6 +79,8 @@ def execute_rows(
     summary["records"] = [record.model_dump(mode="json") for record in ended]
     summary["output"] = settings.output
     logger.info("%s ended: %s", title, {k: v for k, v in summary.items() if k != "records"})
+    if lost and not ended:  # nothing of this run counts: say so, not Completed (the UI shows this run too)
+        return Cancelled(message="; ".join(lost))
     return final_state(summary, title)
 
 

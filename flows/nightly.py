@@ -1,7 +1,11 @@
 """The nightly batch: every manifest waiting in the inbox, its rows handed to the GPU fleet.
 
 Runs on the CPU control pool and never loads a model. Each manifest goes to `<output>/<its name>`,
-then moves to done/ (or failed/ when it cannot be used at all) so it never runs twice.
+then moves to done/ (or failed/ when it cannot be used at all) so it never runs twice. A night that died
+(its control host lost: the heartbeat automation marks it Crashed) leaves its manifest in processing/:
+the next nightly run takes it first and watches the row runs still open for it instead of handing those
+rows out again (flows/fleet.py), and the ledger's resume skips the rows already made. With no GPU worker
+online the manifest stays in processing/ too, and the night ends Failed naming the pool.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from flows.logs import hide_input_error_tracebacks
 from flows.scale_out import run_on_fleet
 from model_runtime.request import GenerationOptions
 from records.inbox import Inbox
-from s2v.errors import BatchFailed, S2VError, TransientError
+from s2v.errors import BatchFailed, NoGpuWorker, S2VError, TransientError
 from s2v.storage.locations import output_location
 from s2v.storage.reachability import check_output_reachable, with_start_retries
 from tasks.manifest import read_inbox_manifest
@@ -69,9 +73,11 @@ def nightly(
             summary = state.result(raise_on_failure=False)
             if isinstance(summary, BatchFailed):
                 summary = summary.summary
-        except TransientError as exc:  # storage went away mid-night: this manifest waits in processing/
+        except (TransientError, NoGpuWorker) as exc:  # storage or the GPU fleet away: it waits in processing/
             logger.error("manifest %s stays in the inbox for the next night: %s", posixpath.basename(claimed), exc)
             results.append({"manifest": stem, "output": target, "error": str(exc)})
+            if isinstance(exc, NoGpuWorker):  # the other manifests would wait for nobody too
+                raise
             break
         except S2VError as exc:  # this manifest is unusable; the others still run tonight
             logger.error("manifest %s failed: %s", posixpath.basename(claimed), exc)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 
 from model_runtime.runtime import seen_warm
 from records.claims import RowClaims
@@ -84,7 +85,7 @@ def record_invalid_rows(invalid: Sequence[InvalidRow], store: LedgerStore, setti
     for bad in invalid:
         record = store.append(LedgerRecord(
             row=bad.row, clip_id=bad.clip_id, status="failed", error=str(bad.error), worker=settings.worker_name,
-            manifest=bad.manifest, attempts=_attempts_or_first(store, bad.clip_id),
+            manifest=bad.manifest, flow_run_id=flow_run.id, attempts=_attempts_or_first(store, bad.clip_id),
         ))
         if on_row_end:
             on_row_end(record)
@@ -99,9 +100,11 @@ def run_rows(
     on_row_end: RowEnded | None = None,
     should_stop: Callable[[], str | None] = lambda: None,
     claims: RowClaims | None = None,
+    on_row_lost: Callable[[str], None] | None = None,
 ) -> None:
-    """Every row ends with one ledger record, except rows never started because `should_stop` said so.
-    With `claims`, a row is claimed before its expensive work, and left to the run that holds it."""
+    """Every row ends with one ledger record, except rows never started because `should_stop` said so and
+    rows another run took over (`on_row_lost(why)`: that run's record is the row's). With `claims`, a
+    row is claimed before its expensive work, and left to the run that holds it."""
     logger = get_run_logger()
     work_dir = settings.cache_dir / "work"
     downloads: deque[tuple[RowRun, PrefectFuture]] = deque()
@@ -120,6 +123,22 @@ def run_rows(
             claims.release(run.row.clip_id)
         if on_row_end:
             on_row_end(record)
+
+    def lost_to_another_run(run: RowRun) -> bool:
+        """Whether another run took this row over (this run was given up for dead, or its parent gave the
+        row up): then this run drops the row, with no record, for that run's record is the row's."""
+        newer = claims.taken_over(run.row.clip_id) if claims is not None else None
+        if newer is None:
+            return False
+        why = (f"row {run.row.row} ({run.row.clip_id}): run {newer.run_id} on {newer.worker} holds the row now "
+               f"({newer.reason or 'this run was given up for dead'}); this run stops it without a video")
+        logger.warning(why)
+        shutil.rmtree(run.work, ignore_errors=True)
+        if run.video is not None:
+            run.video.unlink(missing_ok=True)
+        if on_row_lost:
+            on_row_lost(why)
+        return True
 
     def top_up() -> None:
         while waiting and len(downloads) < lookahead:
@@ -176,6 +195,8 @@ def run_rows(
             encoded = result(encode_audio.submit(run.row.clip_id, run.inputs.audio_path, settings))
             run.seconds["encode_s"] = encoded["seconds"]
             run.warm_features = encoded["features"].warm_model
+            if lost_to_another_run(run):  # the encode may have queued behind a long generation
+                continue
             generated = result(generate_video.submit(
                 run.row.clip_id, _request(run), encoded["features"],
                 work_dir / "videos" / f"{run.row.clip_id}-{run.row.options_hash[:12]}.mp4", settings,
@@ -187,6 +208,15 @@ def run_rows(
             continue
         except Exception as exc:  # the row fails; the batch goes on
             finish(run, "failed", _describe(exc, run, settings, logger))
+            continue
+        try:
+            if lost_to_another_run(run):
+                continue
+        except Exception as exc:  # whose row it is cannot be read: keep the video for `s2v retry`, upload nothing
+            run.kept_video = _keep(run.video, settings)
+            finish(run, "failed", f"row {run.row.row}: could not check that the row is still this run's before "
+                                  f"uploading ({type(exc).__name__}); the video is kept on {settings.worker_name} and "
+                                  "`s2v retry` uploads it")
             continue
         uploads.append((run, _submit_upload(run, settings)))
     collect_uploads(block=True)
@@ -260,6 +290,7 @@ def _record(run: RowRun, status: str, error: str | None, done: LedgerRecord | No
         **{name: value for name, value in row.options().model_dump().items() if name in LedgerRecord.model_fields},
         "lora": redact(row.lora) or None, "pose_video": redact(row.pose_video) or None,
         "worker": settings.worker_name, "manifest": row.manifest, "row": row.row, "clip_id": row.clip_id,
+        "flow_run_id": flow_run.id,
         "status": status, "error": error, "attempts": run.attempts or _attempts_or_first(None, row.clip_id),
         "options_hash": row.options_hash, "total_time": round(time.perf_counter() - run.started, 3),
         **{name: round(seconds, 3) for name, seconds in run.seconds.items() if name.endswith("_s")},

@@ -8,10 +8,9 @@ from flows.batch import RUNNER
 from flows.context import flow_settings
 from flows.execute import execute_rows
 from flows.logs import hide_input_error_tracebacks, run_warning
-from records.kept_manifests import load_manifest
-from records.manifest import check_local_files, parse_manifest
+from records.kept_manifests import load_manifest_row
+from records.manifest import ClipRow, Manifest, check_local_files
 from records.row_checks import FILE_FIELDS
-from s2v.errors import ManifestError
 
 
 @flow(name="s2v-row", task_runner=RUNNER)
@@ -30,15 +29,13 @@ def row(output: str, manifest: str, clip_id: str, row: int = 0, checkpoint: str 
     """
     hide_input_error_tracebacks()
     settings = flow_settings(output, checkpoint, model_server)
-    kept = load_manifest(settings.output, manifest, settings)
-    parsed = parse_manifest(kept.text, kept.defaults, settings, manifest_id=manifest, warn=run_warning)
-    given = {name: uri for name, uri in files.items() if name in FILE_FIELDS}
-    parsed.rows = [r.model_copy(update=given) if r.clip_id == clip_id else r for r in parsed.rows]
-    parsed = check_local_files(parsed, settings)
-    rows = [r for r in parsed.rows if r.clip_id == clip_id]
-    invalid = [r for r in parsed.invalid if r.clip_id == clip_id]
-    if not rows and not invalid:
-        raise ManifestError(f"manifest {manifest} under {settings.output} has no row with clip_id {clip_id!r}")
+    # The host's parse of the manifest, read for this row alone: the other rows are other runs' work.
+    found = load_manifest_row(settings.output, manifest, clip_id, settings, warn=run_warning)
+    if isinstance(found, ClipRow):
+        given = {name: uri for name, uri in files.items() if name in FILE_FIELDS}
+        one = check_local_files(Manifest(rows=[found.model_copy(update=given)], invalid=[]), settings)
+    else:
+        one = Manifest(rows=[], invalid=[found])
     # The parent refreshes the output's views; a row run only adds its record.
-    return execute_rows(f"row {(rows or invalid)[0].row} ({clip_id})", rows, invalid, settings, lookahead=1,
+    return execute_rows(f"row {found.row} ({clip_id})", one.rows, one.invalid, settings, lookahead=1,
                         compact=False, shared_cards=False)

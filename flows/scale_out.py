@@ -20,9 +20,9 @@ from flows.report import BatchReport
 from flows.run_names import manifest_label, name_run
 from model_runtime.request import GenerationOptions
 from records.kept_manifests import keep_manifest, manifest_id
-from records.ledger import LedgerStore
 from records.manifest import parse_manifest
 from records.manifest_text import is_csv_text
+from s2v.errors import NoGpuWorker
 from s2v.settings import Settings
 from s2v.storage.redaction import redact
 from tasks.manifest import fetch_manifest
@@ -40,15 +40,16 @@ def run_on_fleet(title: str, text: str, name: str, defaults: GenerationOptions, 
     if label:  # a nightly run holds many manifests: only scale-out is named after its one
         name_run(label, len(order))
     report = BatchReport(title, [row.clip_id for row in order], settings)
-    records = hand_out(parsed.rows, parsed.invalid, settings, row_deployment=row_deployment, limits=limits,
-                       checkpoint=checkpoint, model_server=model_server, tags=["s2v", name],
-                       on_progress=report.fleet_progress)
-    for record in records:
+    handed = hand_out(parsed.rows, parsed.invalid, settings, row_deployment=row_deployment, limits=limits,
+                      checkpoint=checkpoint, model_server=model_server, tags=["s2v", name],
+                      on_progress=report.fleet_progress)
+    for record in handed.records:
         report.row_ended(record, publish=False)
     report.publish()
-    LedgerStore(settings.output, settings).compact()
     summary = report.finish(f"contact-sheets/{title.replace(' ', '-')}.jpg")
-    summary["records"] = [record.model_dump(mode="json") for record in records]
+    if handed.no_worker:  # not the manifest's fault: the run says what to start, in one line
+        raise NoGpuWorker(f"{title}: {handed.no_worker}")
+    summary["records"] = [record.model_dump(mode="json") for record in handed.records]
     summary["output"] = settings.output
     return final_state(summary, title)
 

@@ -1,20 +1,23 @@
 """Runs whose host died become Crashed: Prefect's flow-run heartbeats and one proactive automation.
 
-A flow run on a GPU host sends a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (30, the
-least Prefect allows; prefect.yaml sets it for the GPU pool, whose deployments carry the tag GPU_TAG).
-When such a run goes silent for HEARTBEAT_TIMEOUT_S without reaching a final state, the automation
-below marks it Crashed, so the UI tells the truth and a parent run hands its row to another worker.
+A flow run on a GPU host, and a fleet's parent run on the control pool (scale-out, the nightly batch),
+sends a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (30, the least Prefect allows;
+prefect.yaml sets it for both pools; their watched deployments carry GPU_TAG or PARENT_TAG). When such
+a run goes silent for HEARTBEAT_TIMEOUT_S without reaching a final state, the automation below marks it
+Crashed, so the UI tells the truth, a parent hands a dead row run's row to another worker, and a dead
+parent frees the nightly deployment's one slot: the next night takes its manifest up again.
 Prefect evaluates proactive triggers every 5 s, so a dead host's run is Crashed within about
-HEARTBEAT_TIMEOUT_S + 5 s of its last heartbeat. Runs elsewhere (the control pool) keep Prefect's
-default heartbeat of 180 s and are not watched: a 90 s silence is normal for them.
+HEARTBEAT_TIMEOUT_S + 5 s of its last heartbeat.
 """
 from __future__ import annotations
 
 import logging
 from datetime import timedelta
 
+# Kept as first named, so servers that hold the older definition get it replaced, not a second automation.
 AUTOMATION_NAME = "s2v: crash GPU flow runs whose host stopped sending heartbeats"
 GPU_TAG = "s2v-gpu"  # every deployment of the GPU pool carries it (prefect.yaml)
+PARENT_TAG = "s2v-fleet-parent"  # scale-out and the nightly batch carry it (prefect.yaml)
 HEARTBEAT_S = 30
 HEARTBEAT_TIMEOUT_S = 90  # three missed heartbeats
 
@@ -33,7 +36,8 @@ def zombie_automation():
                     "(killed, out of memory, power): mark it Crashed so its work is handed out again.",
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{GPU_TAG}"},
+            match_related={"prefect.resource.role": "tag",
+                           "prefect.resource.id": [f"prefect.tag.{GPU_TAG}", f"prefect.tag.{PARENT_TAG}"]},
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", *final},
             for_each={"prefect.resource.id"},

@@ -3,7 +3,10 @@
     claims/<clip_id>/<slot>.json   one claim per slot, created write-once (s2v/storage/write_once.py)
 
 A run claims a clip by creating the next slot after the newest one, when the newest is released or its
-lease has expired; two runs racing for one slot cannot both create it, so exactly one wins. The winner
+lease has expired; two runs racing for one slot cannot both create it, so exactly one wins. The newest
+slot names the row's current run: a run that finds a newer slot than its own (it was cut off and given up
+for dead, and the row handed to another run; or its parent gave the row up) has lost the row and stops
+before it generates or uploads (`RowClaims.taken_over`), so no row is made twice. The winner
 renews its lease while it works (a thread here, every third of the lease) and releases the claim with the
 row's final record. A run that finds a live claim of another run leaves the row to it. A claim whose
 lease expired without release, and with no record after it, is a row whose run died (kill -9, a lost
@@ -21,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 
 from pydantic import BaseModel, ValidationError
 
+from s2v.errors import TransientError
 from s2v.settings import Settings
 from s2v.storage.locations import output_location
 from s2v.storage.outputs import filesystem, write_output_text
@@ -45,6 +49,7 @@ class RowClaim(BaseModel):
     started_at: datetime
     expires_at: datetime
     released: bool = False
+    reason: str | None = None  # why a parent revoked the row (`revoke_claim`)
 
     def live(self, now: datetime | None = None) -> bool:
         return not self.released and self.expires_at > (now or _now())
@@ -104,6 +109,20 @@ class RowClaims:
             return None
         return read_newest_claim(self.output, clip_id, self.settings)
 
+    def taken_over(self, clip_id: str) -> RowClaim | None:
+        """The newer claim of another run when this run no longer holds the clip, else None; storage errors
+        propagate (a run that cannot tell whether the row is still its own must not make it)."""
+        with self._lock:
+            held = self.held.get(clip_id)
+        if held is None:
+            return None
+        newest = read_newest_claim(self.output, clip_id, self.settings)
+        if newest is None or newest.slot == held.slot:
+            return None
+        with self._lock:
+            self.held.pop(clip_id, None)  # never renewed nor released again: the slot is history now
+        return newest
+
     def release(self, clip_id: str) -> None:
         """After the row's final record; a claim that cannot be released just expires."""
         with self._lock:
@@ -134,6 +153,24 @@ class RowClaims:
                               content_type="application/json")
         except Exception as exc:
             log.warning("claim %s at %s not written (%s); it expires on its own", claim.key, self.output, exc)
+
+
+def revoke_claim(output: str, clip_id: str, by: str, reason: str, settings: Settings) -> RowClaim:
+    """Take the row from whichever run holds it: a released claim in the next slot, so the holder stops
+    at its next look (`RowClaims.taken_over`) and a later run may claim the row again. Used by a parent
+    that gives a row up (time limit, no GPU worker) before it records the row failed."""
+    for _ in range(RACE_TRIES):
+        newest = read_newest_claim(output, clip_id, settings)
+        now = _now()
+        claim = RowClaim(clip_id=clip_id, slot=(newest.slot + 1) if newest else 1, run_id=by, worker=settings.worker_name,
+                         row=newest.row if newest else None, manifest=newest.manifest if newest else None,
+                         started_at=now, expires_at=now, released=True, reason=reason)
+        try:
+            create_output_text(output_location(output, claim.key), claim.model_dump_json(), settings)
+            return claim
+        except AlreadyWritten:
+            continue  # a run claimed the row meanwhile: revoke that claim
+    raise TransientError(f"could not revoke the claim of {clip_id} at {output}: runs keep claiming it")
 
 
 def read_newest_claim(output: str, clip_id: str, settings: Settings) -> RowClaim | None:
@@ -194,7 +231,7 @@ def record_dead_claims(output: str, settings: Settings) -> list[RowClaim]:
             continue
         store.append(LedgerRecord(
             row=claim.row, clip_id=claim.clip_id, status="interrupted", manifest=claim.manifest, worker=claim.worker,
-            attempts=1 + sum(1 for r in records if r.status != "skipped"),
+            flow_run_id=claim.flow_run_id, attempts=1 + sum(1 for r in records if r.status != "skipped"),
             error=f"row {claim.row}: its run ({claim.run_id} on {claim.worker}) stopped while making it and did not "
                   f"come back (claim expired {claim.expires_at:%Y-%m-%d %H:%M:%S} UTC); `s2v retry` makes it",
         ))
@@ -236,7 +273,7 @@ def abandon_held_claims(reason: str) -> int:
         for claim in list(claims.held.values()):
             try:
                 store.append(LedgerRecord(row=claim.row, clip_id=claim.clip_id, status="interrupted",
-                                          manifest=claim.manifest, worker=claim.worker,
+                                          manifest=claim.manifest, worker=claim.worker, flow_run_id=claim.flow_run_id,
                                           error=f"row {claim.row}: {reason}; a rerun of the manifest resumes this row"))
             except Exception as exc:  # the claim still expires, and the next run records the row then
                 log.warning("row %s not recorded as interrupted (%s)", claim.clip_id, exc)

@@ -13,6 +13,10 @@ plus (on this machine) records that could not be uploaded yet. Any run may rewri
 lets a row read its own history (resume, attempts) with one small listing.
 
 Within a ledger the latest record of a clip wins (by `finished_at`, then record id).
+
+A long-lived writer (a fleet's parent) refreshes the view often; it holds a `LedgerView` and rewrites the
+view from it with `compact_clips`, which reads only the clips that changed: its storage work grows with
+the records added since, not with the ledger.
 """
 from __future__ import annotations
 
@@ -25,7 +29,9 @@ import posixpath
 import socket
 import threading
 import uuid
-from collections.abc import Iterable
+from bisect import insort
+from collections.abc import Iterable, Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -43,6 +49,8 @@ log = logging.getLogger(__name__)
 JSONL_NAME = "results.jsonl"
 CSV_NAME = "results.csv"
 RECORDS_FOLDER = "ledger"
+CLIP_READERS = 8  # clips read at once by `compact_clips`
+LISTING_PAGE = 1000  # keys per S3 listing request (ListObjectsV2's most)
 
 Status = Literal["succeeded", "failed", "skipped", "interrupted"]
 # Statuses a retry takes up: the row did not end with a video.
@@ -110,6 +118,9 @@ class LedgerRecord(BaseModel):
     qc_error: str | None = None  # why the clip check could not run
     qc_s: float | None = None
     manifest: str | None = None  # id of the manifest copy under manifests/ that this row came from
+    # The Prefect flow run that wrote it: a fleet's parent matches its rows' outcomes by run id, never by
+    # comparing hosts' clocks.
+    flow_run_id: str | None = None
     worker: str = Field(default_factory=socket.gethostname)
     finished_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     record_id: str | None = None  # the record's object name; None for records of older ledgers
@@ -167,6 +178,57 @@ class Ledger:
     def attempts(self, clip_id: str) -> int:
         """Runs that worked on `clip_id` so far (a skip is no attempt)."""
         return sum(1 for record in self.records if record.clip_id == clip_id and record.status != "skipped")
+
+
+class LedgerView:
+    """results.jsonl and results.csv as text, held by a long-lived writer between refreshes.
+
+    Each record is serialised once, when it is added: a refresh joins the held lines, so its cost on
+    this side is a string join, and on the storage side only the reads of what changed (`compact_clips`)
+    and the two writes. Lines are kept in the ledger's order (`finished_at`, then record id), so the
+    files are byte for byte what `LedgerStore.compact` writes for the same records.
+    """
+
+    def __init__(self, records: Iterable[LedgerRecord] = ()):
+        self._entries: list[tuple[tuple[datetime, str], str, str]] = []  # (order, JSONL line, CSV row)
+        self._ids: set[str] = set()
+        self.add(records)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def record_ids(self) -> AbstractSet[str]:
+        """The ids of the records held (not a copy: read it, never change it)."""
+        return self._ids
+
+    def add(self, records: Iterable[LedgerRecord]) -> int:
+        """Take in the records not held yet (a record id seen before counts once); returns how many were new."""
+        added = 0
+        for record in records:
+            if record.record_id:
+                if record.record_id in self._ids:
+                    continue
+                self._ids.add(record.record_id)
+            # A newer record lands at the end: an append, not a shift. Equal orders keep arrival order,
+            # as the ledger's stable sort does.
+            insort(self._entries, (record.order, record.model_dump_json() + "\n", _csv_line(record)),
+                   key=lambda entry: entry[0])
+            added += 1
+        return added
+
+    def to_jsonl(self) -> str:
+        return "".join(entry[1] for entry in self._entries)
+
+    def to_csv(self) -> str:
+        return _CSV_HEADER + "".join(entry[2] for entry in self._entries)
+
+    def write(self, store: "LedgerStore") -> None:
+        """Rewrite results.jsonl and results.csv at `store` from the held lines."""
+        write_output_text(output_location(store.output, JSONL_NAME), self.to_jsonl(), store.settings,
+                          content_type="application/x-ndjson")
+        write_output_text(output_location(store.output, CSV_NAME), self.to_csv(), store.settings,
+                          content_type="text/csv")
 
 
 class LedgerStore:
@@ -253,6 +315,34 @@ class LedgerStore:
                           content_type="text/csv")
         return ledger
 
+    def view(self) -> LedgerView:
+        """Every record `read` finds, held for `compact_clips`: the one full read of a long-lived writer."""
+        return LedgerView(self.read().records)
+
+    def compact_clips(self, view: LedgerView, clip_ids: Iterable[str]) -> int:
+        """Add the records of `clip_ids` to `view` and rewrite results.jsonl and results.csv from it.
+
+        For a writer that knows which clips changed (a fleet's parent: the rows whose runs ended): one
+        listing per clip, or one listing of every record when that takes fewer requests (a listing page
+        holds 1,000 keys), and the reads of the records not held yet; the view file is neither read nor
+        rewritten from parsed records. Records of other clips written meanwhile reach the files with the
+        next `compact` (or with this one, when it lists every record). Returns how many records were new.
+        Spooled records are read too; uploading them stays with `append`, `flush` and `compact`.
+        """
+        clips = list(dict.fromkeys(clip_ids))
+        if len(clips) > len(view) // LISTING_PAGE + 1:
+            # More clips than pages of one listing of every record: that listing is fewer requests, and
+            # still only the records not held yet are read.
+            folder = output_location(self.output, RECORDS_FOLDER)
+            found = [_read_objects(folder, self.settings, recursive=True, skip=view.record_ids),
+                     self._spooled(f"{RECORDS_FOLDER}/*/*.json")]
+        else:
+            with ThreadPoolExecutor(max_workers=CLIP_READERS) as readers:  # listings wait on the network, not here
+                found = list(readers.map(self.clip_records, clips))
+        added = sum(view.add(records) for records in found)
+        view.write(self)
+        return added
+
     def find_done(self, clip_id: str, image_sha256: str, audio_sha256: str, options_hash: str,
                   records: list[LedgerRecord] | None = None) -> LedgerRecord | None:
         """The newest succeeded record of `clip_id` made from the same inputs and options whose video is
@@ -289,8 +379,10 @@ def _read_objects(folder: str, settings: Settings, recursive: bool, skip: set[st
         wanted = [name for name in found
                   if name.endswith(".json") and not posixpath.basename(name).startswith(".")
                   and posixpath.basename(name)[:-5] not in skip]
-        # Many small objects: fetched concurrently (s3fs) in one call.
-        contents = fs.cat(wanted, on_error="omit") if wanted else {}
+        # Many small objects: fetched concurrently (s3fs) in one call, one GET each (s3fs would first ask
+        # each object's size with a HEAD, to fetch a big one in parts).
+        options = {"max_concurrency": 1} if is_s3(folder) else {}
+        contents = fs.cat(wanted, on_error="omit", **options) if wanted else {}
     return _parse_lines((data.decode("utf-8") for _, data in sorted(contents.items())), folder)
 
 
@@ -325,6 +417,22 @@ def _record_key(record: LedgerRecord) -> str:
 
 def _spool_folder(output: str, settings: Settings) -> Path:
     return settings.cache_dir / "ledger-spool" / hashlib.sha256(output.encode()).hexdigest()[:16]
+
+
+def _csv_line(record: LedgerRecord) -> str:
+    """One record as `Ledger.to_csv` writes its row, line end included."""
+    buffer = io.StringIO()
+    csv.DictWriter(buffer, fieldnames=COLUMNS).writerow(_csv_row(record))
+    return buffer.getvalue()
+
+
+def _csv_header() -> str:
+    buffer = io.StringIO()
+    csv.DictWriter(buffer, fieldnames=COLUMNS).writeheader()
+    return buffer.getvalue()
+
+
+_CSV_HEADER = _csv_header()
 
 
 def _csv_row(record: LedgerRecord) -> dict:

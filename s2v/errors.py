@@ -70,6 +70,10 @@ class ModelServerError(S2VError):
     """The model server could not be reached, started, or answered with an error."""
 
 
+class NoGpuWorker(S2VError):
+    """No worker of the GPU work pool has been online for S2V_NO_WORKER_TIMEOUT_S: nobody would make the rows."""
+
+
 class BatchFailed(S2VError):
     """Every row of a batch failed; `summary` says how each ended (the ledger has the details)."""
 

@@ -111,6 +111,10 @@ class Settings(BaseSettings):
         120.0, ge=1, description="a row's claim lasts this long unless its run renews it (every third of it); "
         "a run killed mid-row leaves its row to others, and `interrupted`, this long after it died",
     )
+    no_worker_timeout_s: float = Field(
+        300.0, gt=0, description="a fleet's parent run (scale-out, nightly) ends Failed, naming the pool, when no "
+        "worker of the GPU pool has been online this long, instead of waiting its whole max_wait_hours",
+    )
 
     @field_validator("fp8", mode="before")
     @classmethod

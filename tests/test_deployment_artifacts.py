@@ -93,7 +93,7 @@ def test_start_script_starts_server_then_worker_and_stops_both(tiny_checkpoint, 
         status = json.loads((tmp_path / "status-at-worker-start.json").read_text())
         assert status["status"] == "ready" and status["model_loaded"] is True
         assert (tmp_path / "worker-args").read_text().split() == [
-            "worker", "start", "--pool", "s2v-gpu", "--type", "process", "--name", "gpu-a", "--limit", "2"]
+            "worker", "start", "--pool", "s2v-gpu", "--type", "process", "--name", "gpu-a", "--limit", "3"]
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0

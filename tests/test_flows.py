@@ -210,3 +210,27 @@ def test_s3_inputs_and_outputs(prefect_harness, env, tmp_path, s3_endpoint, monk
     local = tmp_path / "got.mp4"
     s3.download_file("media-out", "nightly/s3-clip.mp4", str(local))
     assert _playable_with_speech(local)
+
+
+def test_a_run_whose_row_was_taken_over_mid_generation_uploads_nothing(prefect_harness, env, tmp_path, monkeypatch):
+    """A host cut off from the API past the crash window: its run was marked Crashed and the row handed to
+    another run, which claimed it; this run, still generating, must not make the row a second time."""
+    from prefect import task
+
+    from flows import pipeline
+    from records.claims import RowClaims
+
+    real = pipeline.generate_video
+
+    @task(name="generate_video")
+    def generate_while_cut_off(clip_id, request, features, path, settings):
+        second = RowClaims(settings, run_id="second-run", run_is_over=lambda flow_run_id: True)
+        assert second.claim(clip_id) is None  # the first run is "over" for Prefect: its claim is taken over
+        return real.fn(clip_id, request, features, path, settings)
+
+    monkeypatch.setattr(pipeline, "generate_video", generate_while_cut_off)
+    out = tmp_path / "out"
+    state = batch(manifest=_csv(f"cut-off,{PORTRAIT},{SPEECH},15,"), output=str(out), return_state=True)
+    assert state.is_cancelled() and "holds the row now" in state.message  # the row is the second run's
+    assert _ledger(out).records == []
+    assert not list(out.glob("*.mp4"))

@@ -26,8 +26,9 @@ def test_the_automation_is_created_once_and_an_outdated_one_replaced(prefect_har
     assert zombies.ensure_zombie_automation() is True  # back to this version's definition
     assert zombies.ensure_zombie_automation() is False
     trigger = zombies.zombie_automation().trigger.model_dump(mode="json")
-    # Only GPU-pool runs (30 s heartbeats) are watched: control runs beat every 180 s by Prefect's default.
-    assert trigger["match_related"] == {"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.s2v-gpu"}
+    # GPU-pool runs and fleet parents (30 s heartbeats, prefect.yaml) are watched; other control runs are not.
+    assert trigger["match_related"] == {"prefect.resource.role": "tag",
+                                        "prefect.resource.id": ["prefect.tag.s2v-gpu", "prefect.tag.s2v-fleet-parent"]}
 
 
 # Hash seeds under which a set parsed from a JSON list iterates in another order than the set the code builds

@@ -129,6 +129,25 @@ class LocalFleet:
         psutil.wait_procs(victims, timeout=30)
         self.socket(host).unlink(missing_ok=True)
 
+    def freeze(self, host: str, server_only: bool = False) -> list[psutil.Process]:
+        """SIGSTOP the host's processes, as a host cut off from everything looks from outside (or only its
+        model server: a GPU stuck mid-job); `thaw` them with what this returns."""
+        root = psutil.Process(self.processes[host].pid)
+        members = [root, *root.children(recursive=True)]
+        if server_only:
+            members = [p for p in members if {"server", "--socket"} <= set(p.cmdline())]
+        for process in members:
+            process.send_signal(signal.SIGSTOP)
+        return members
+
+    @staticmethod
+    def thaw(processes: list[psutil.Process]) -> None:
+        for process in processes:
+            try:
+                process.send_signal(signal.SIGCONT)
+            except psutil.NoSuchProcess:
+                pass
+
     def wait_workers(self, names, timeout: float = 600) -> None:
         code = ("from prefect.client.orchestration import get_client\n"
                 "with get_client(sync_client=True) as c:\n"

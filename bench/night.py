@@ -49,6 +49,14 @@ PORTRAIT = EXAMPLES / "portrait_anna.jpg"
 SPEECH = EXAMPLES / "speech_short.wav"
 
 
+def _start_script_limit() -> int:
+    """The worker limit deployments/start_warm.sh gives a host that sets none."""
+    import re
+
+    text = (ROOT / "deployments" / "start_warm.sh").read_text()
+    return int(re.search(r"LIMIT=\$\{S2V_WORKER_LIMIT:-(\d+)\}", text).group(1))
+
+
 def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -356,7 +364,7 @@ def share(args: argparse.Namespace) -> int:
     load = LoadSampler()
     night = NightFleet(args.hosts, args.generate_s, args.encode_s, args.worker_limit)
     result: dict = {"bench": "night-share", "hosts": args.hosts, "rows": args.rows, "generate_s": args.generate_s,
-                    "encode_s": args.encode_s, "worker_limit": args.worker_limit or 2,
+                    "encode_s": args.encode_s, "worker_limit": args.worker_limit or _start_script_limit(),
                     "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     try:
         night.start()
@@ -563,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--rows", type=int, default=40)
     one.add_argument("--generate-s", type=float, default=25.0)
     one.add_argument("--encode-s", type=float, default=1.0)
-    one.add_argument("--worker-limit", type=int, default=None, help="S2V_WORKER_LIMIT of each host (default: start_warm.sh's 2)")
+    one.add_argument("--worker-limit", type=int, default=None, help="S2V_WORKER_LIMIT of each host (default: start_warm.sh's)")
     one.add_argument("--timeout", type=float, default=4 * 3600, help="seconds the scale-out may take")
     one.add_argument("--out", help="JSON path (default bench/results/night_share_<generate_s>s.json)")
     one.set_defaults(func=share)

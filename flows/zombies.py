@@ -3,8 +3,8 @@
 A flow run on a GPU host, and a fleet's parent run on the control pool (scale-out, the nightly batch),
 sends a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (30, the least Prefect allows;
 prefect.yaml sets it for both pools; their watched deployments carry GPU_TAG or PARENT_TAG). When such
-a run goes silent for HEARTBEAT_TIMEOUT_S without reaching a final state, the automation below marks it
-Crashed, so the UI tells the truth, a parent hands a dead row run's row to another worker, and a dead
+a run goes silent for HEARTBEAT_TIMEOUT_S after it started or last beat, without reaching a final
+state, the automation below marks it Crashed, so the UI tells the truth, a parent hands a dead row run's row to another worker, and a dead
 parent frees the nightly deployment's one slot: the next night takes its manifest up again.
 Prefect evaluates proactive triggers every 5 s, so a dead host's run is Crashed within about
 HEARTBEAT_TIMEOUT_S + 5 s of its last heartbeat.
@@ -32,13 +32,15 @@ def zombie_automation():
     final = {f"prefect.flow-run.{name}" for name in ("Completed", "Failed", "Cancelled", "Crashed")}
     return AutomationCore(
         name=AUTOMATION_NAME,
-        description=f"A flow run that sent a heartbeat and then none for {HEARTBEAT_TIMEOUT_S} s lost its host "
+        description=f"A flow run that started or sent a heartbeat and then none for {HEARTBEAT_TIMEOUT_S} s lost its host "
                     "(killed, out of memory, power): mark it Crashed so its work is handed out again.",
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related={"prefect.resource.role": "tag",
                            "prefect.resource.id": [f"prefect.tag.{GPU_TAG}", f"prefect.tag.{PARENT_TAG}"]},
-            after={"prefect.flow-run.heartbeat"},
+            # Running too: a host killed in the seconds between a run starting and its first heartbeat
+            # would otherwise leave the run Running for ever (seen in tests/test_fleet.py).
+            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"},
             expect={"prefect.flow-run.heartbeat", *final},
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,

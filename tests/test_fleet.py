@@ -168,9 +168,9 @@ def test_a_host_killed_mid_row_costs_that_row_a_second_run_not_the_night(fleet):
         _assert_each_made_once(out, "lh", 6)
         runs = _row_runs(fleet, "-lh-")
         rerun = {clip: states for clip, states in runs.items() if len(states) > 1}
-        # The killed host's rows (the one it generated, and the next one it had taken: workers run two at
-        # once): each run Crashed (heartbeats stopped), and a second run made the row on another host.
-        assert 1 <= len(rerun) <= 2, runs
+        # The killed host's rows (the one it generated, and those it had taken meanwhile: a worker runs up to
+        # S2V_WORKER_LIMIT, 3, at once): each run Crashed, and a second run made the row on another host.
+        assert 1 <= len(rerun) <= 3, runs
         for clip, states in rerun.items():
             assert clip not in busy_before and sorted(state for _, state in states) == ["COMPLETED", "CRASHED"], states
             made = [r for r in _records(out) if r["clip_id"] == clip and r["status"] == "succeeded"]
